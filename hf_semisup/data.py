@@ -1,0 +1,145 @@
+"""Validation, label mapping and tokenization of the labeled, unlabeled and eval datasets."""
+
+import datasets
+import numpy as np
+
+
+MODEL_INPUT_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
+LENGTH_COLUMN = "length"
+
+
+def is_tokenized(dataset) -> bool:
+    return "input_ids" in (dataset.column_names or [])
+
+
+def has_default_label_names(config) -> bool:
+    """True when `config.id2label` holds only the placeholder names `LABEL_0`, `LABEL_1`, ..."""
+    id2label = getattr(config, "id2label", None) or {}
+    return all(str(name) == f"LABEL_{i}" for i, name in id2label.items())
+
+
+def label_names_of(dataset, label_column: str) -> list | None:
+    """The class names of a labeled dataset: `ClassLabel` names, or its sorted distinct strings; `None` for ints."""
+    feature = dataset.features.get(label_column) if dataset.features else None
+    if isinstance(feature, datasets.ClassLabel):
+        return list(feature.names)
+    values = dataset.unique(label_column)
+    if values and all(isinstance(v, str) for v in values):
+        return sorted(values)
+    return None
+
+
+def check_column(dataset, column: str, name: str, field: str):
+    if column not in dataset.column_names:
+        raise ValueError(
+            f"The {name} has no column {column!r} (set by `{field}`); its columns are {dataset.column_names}."
+        )
+
+
+def check_texts(dataset, text_column: str, name: str):
+    """Raise a `ValueError` naming the column and the first bad value if the text column does not hold strings."""
+    feature = dataset.features.get(text_column) if dataset.features else None
+    if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+        return
+    for i, value in enumerate(dataset[text_column]):
+        if not isinstance(value, str):
+            raise ValueError(
+                f"The {name}'s text column {text_column!r} must hold strings, but row {i} is {value!r} "
+                f"({type(value).__name__})."
+            )
+
+
+def encode_labels(values, label2id: dict, num_labels: int, name: str, label_column: str) -> list[int]:
+    """Map class names through `label2id` and check that every label is one of the model's classes."""
+    ids = []
+    for i, value in enumerate(values):
+        if isinstance(value, str):
+            if value not in label2id:
+                raise ValueError(
+                    f"The {name}'s label column {label_column!r} has label {value!r} at row {i}, which is not one of "
+                    f"the model's classes {sorted(label2id)}."
+                )
+            value = label2id[value]
+        if isinstance(value, (bool, float)) or not isinstance(value, (int, np.integer)) or not 0 <= value < num_labels:
+            raise ValueError(
+                f"The {name}'s label column {label_column!r} has label {value!r} at row {i}, outside the model's "
+                f"{num_labels} classes (0..{num_labels - 1})."
+            )
+        ids.append(int(value))
+    return ids
+
+
+def prepare_dataset(
+    dataset,
+    tokenizer,
+    *,
+    name: str,
+    text_column: str,
+    label_column: str,
+    label2id: dict | None,
+    num_labels: int,
+    max_length: int | None,
+    labels: str = "train",
+    add_length: bool = False,
+):
+    """
+    Check a raw or tokenized dataset and return it tokenized, with integer labels in a `labels` column.
+
+    Args:
+        labels (`str`):
+            `"train"`: the label column is required and becomes `labels`; `"hide"`: the label column, if any, is
+            dropped from the returned dataset (an unlabeled pool); `"keep"`: like `"train"` but optional.
+        add_length (`bool`):
+            Add a `length` column (tokens per row) used to sort rows by length when labeling.
+
+    Returns:
+        `(dataset, gold)`: the prepared dataset and, when `labels="hide"` and the pool carries labels, the hidden
+        labels as an int array (for diagnostics only), else `None`.
+    """
+    if len(dataset) == 0:
+        raise ValueError(f"The {name} is empty.")
+    tokenized = is_tokenized(dataset)
+    if not tokenized:
+        check_column(dataset, text_column, name, "text_column")
+        check_texts(dataset, text_column, name)
+
+    source_label = label_column if label_column in dataset.column_names else None
+    if source_label is None and "labels" in dataset.column_names:
+        source_label = "labels"
+    if labels == "train" and source_label is None:
+        check_column(dataset, label_column, name, "label_column")
+
+    label_ids = None
+    if source_label is not None:
+        values = dataset[source_label]
+        feature = dataset.features.get(source_label)
+        if isinstance(feature, datasets.ClassLabel) and label2id is not None:
+            values = [feature.int2str(v) if feature.names[v] in label2id else v for v in values]
+        label_ids = encode_labels(values, label2id or {}, num_labels, name, source_label)
+
+    gold = None
+    if labels == "hide" and label_ids is not None:
+        gold = np.asarray(label_ids, dtype=np.int64)
+
+    if tokenized:
+        keep = [c for c in dataset.column_names if c in MODEL_INPUT_COLUMNS]
+        dataset = dataset.select_columns(keep)
+        if add_length and LENGTH_COLUMN not in dataset.column_names:
+            dataset = dataset.map(lambda b: {LENGTH_COLUMN: [len(x) for x in b["input_ids"]]}, batched=True)
+    else:
+        if max_length is None:
+            max_length = min(tokenizer.model_max_length, 1_000_000)
+
+        def tokenize(batch):
+            encoded = tokenizer(batch[text_column], truncation=True, max_length=max_length)
+            if add_length:
+                encoded[LENGTH_COLUMN] = [len(ids) for ids in encoded["input_ids"]]
+            return encoded
+
+        dataset = dataset.map(
+            tokenize, batched=True, remove_columns=dataset.column_names, desc=f"Tokenizing the {name}"
+        )
+
+    if labels != "hide" and label_ids is not None:
+        dataset = dataset.add_column("labels", label_ids)
+    return dataset, gold

@@ -1,0 +1,400 @@
+import json
+import logging
+import os
+from collections import Counter
+
+import datasets
+import numpy as np
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    PreTrainedModel,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+
+from .config import SemiSupervisedConfig
+from .data import LENGTH_COLUMN, has_default_label_names, label_names_of, prepare_dataset
+from .metrics import accuracy, compute_classification_metrics
+from .pseudo_labeling import predict_pool, select_pseudo_labels
+
+
+logger = logging.getLogger(__name__)
+
+HISTORY_NAME = "self_training_history.json"
+
+
+class SemiSupervisedTrainer(Trainer):
+    r"""
+    A [`~transformers.Trainer`] for sequence classification that also learns from unlabeled text by iterative
+    self-training.
+
+    Round 0 fits the model on the labeled `train_dataset`. Each of the `args.self_training_rounds` later rounds, the
+    current model (the teacher) labels `unlabeled_dataset`, the confident predictions are selected (see
+    [`SemiSupervisedConfig`]), and a student trains on labeled + selected rows and becomes the next teacher.
+
+    Args:
+        model (`PreTrainedModel`, `torch.nn.Module` or `str`):
+            The classifier, or a name or path loaded with `AutoModelForSequenceClassification.from_pretrained` (its
+            `num_labels` and label names then come from the labeled set).
+        args ([`SemiSupervisedConfig`], *optional*):
+            The configuration. `None` builds a default one writing to `<model name>-semisup`; a plain
+            `TrainingArguments` is converted, with the semi-supervised fields at their defaults.
+        train_dataset ([`~datasets.Dataset`]):
+            The labeled set: raw text (`args.text_column`) or tokenized (`input_ids`), with labels (`args.label_column`)
+            as ints or class names.
+        eval_dataset ([`~datasets.Dataset`] or `dict[str, Dataset]`, *optional*):
+            Evaluated after every round.
+        processing_class ([`~transformers.PreTrainedTokenizerBase`], *optional*):
+            Tokenizes raw text. Loaded from `model` when it is a name and this is `None`.
+        compute_metrics (`Callable`, *optional*):
+            Defaults to accuracy and macro-F1.
+        unlabeled_dataset ([`~datasets.Dataset`], *optional*):
+            The unlabeled pool, raw or tokenized. A label column in it is never trained on; it only feeds the
+            `pseudo_label_accuracy` diagnostic. Required when `args.self_training_rounds > 0`.
+        peft_config ([`~peft.PeftConfig`], *optional*):
+            Wrap `model` with this adapter configuration before training.
+
+    Other arguments are those of [`~transformers.Trainer`], in the same order.
+    """
+
+    _tag_names = ["hf-semisup", "semi-supervised", "text-classification"]
+
+    def __init__(
+        self,
+        model: PreTrainedModel | torch.nn.Module | str | None = None,
+        args: SemiSupervisedConfig | TrainingArguments | None = None,
+        data_collator=None,
+        train_dataset: datasets.Dataset | None = None,
+        eval_dataset: datasets.Dataset | dict[str, datasets.Dataset] | None = None,
+        processing_class=None,
+        model_init=None,
+        compute_loss_func=None,
+        compute_metrics=None,
+        callbacks=None,
+        optimizers=(None, None),
+        optimizer_cls_and_kwargs=None,
+        preprocess_logits_for_metrics=None,
+        unlabeled_dataset: datasets.Dataset | None = None,
+        peft_config=None,
+    ):
+        # Args
+        args = self._resolve_args(args, model)
+        if train_dataset is None:
+            raise ValueError("`train_dataset` (the labeled set) is required.")
+        if args.self_training_rounds > 0 and unlabeled_dataset is None:
+            raise ValueError(
+                f"`unlabeled_dataset` is required when `self_training_rounds` > 0 (got {args.self_training_rounds})."
+            )
+
+        # Processing class
+        if processing_class is None and isinstance(model, str):
+            processing_class = AutoTokenizer.from_pretrained(model)
+
+        # Model
+        label_names = (
+            label_names_of(train_dataset, args.label_column)
+            if args.label_column in train_dataset.column_names
+            else None
+        )
+        if isinstance(model, str):
+            set_seed(args.seed)  # the new classification head must not depend on the caller's RNG state
+            model = self._create_model(model, label_names, train_dataset, args)
+        if model is None:
+            raise ValueError("`model` is required (a model, or a name or path to load).")
+        self._align_label_names(model.config, label_names)
+
+        # PEFT
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_config)
+
+        # Datasets
+        prepare = dict(
+            tokenizer=processing_class,
+            text_column=args.text_column,
+            label_column=args.label_column,
+            label2id=model.config.label2id,
+            num_labels=model.config.num_labels,
+            max_length=args.max_length,
+        )
+        with args.main_process_first(desc="dataset preparation"):
+            self.labeled_dataset, _ = prepare_dataset(train_dataset, name="labeled set (`train_dataset`)", **prepare)
+            if eval_dataset is not None:
+                eval_dataset = self._prepare_eval(eval_dataset, prepare)
+            self.unlabeled_source = unlabeled_dataset
+            self.unlabeled_dataset, self.unlabeled_gold_labels = None, None
+            if unlabeled_dataset is not None and (args.self_training_rounds > 0 or len(unlabeled_dataset) > 0):
+                self.unlabeled_dataset, self.unlabeled_gold_labels = prepare_dataset(
+                    unlabeled_dataset, name="unlabeled set (`unlabeled_dataset`)", labels="hide", add_length=True,
+                    **prepare,
+                )  # fmt: skip
+
+        # Collator
+        if data_collator is None and processing_class is not None:
+            data_collator = DataCollatorWithPadding(processing_class)
+        if compute_metrics is None:
+            compute_metrics = compute_classification_metrics
+
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=self.labeled_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            model_init=model_init,
+            compute_loss_func=compute_loss_func,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        )
+
+        # Self-training state
+        self._user_optimizers = optimizers[0] is not None
+        self._initial_state = None
+        if args.self_training_rounds > 0 and args.student_init == "reset":
+            self._initial_state = self._copy_state()
+        counts = np.bincount(self.labeled_dataset["labels"], minlength=self.model.config.num_labels)
+        self.class_prior = counts / counts.sum()
+        self.current_round = 0
+        self.best_round = None
+        self.self_training_history: list[dict] = []
+
+    # ---- Construction helpers ---------------------------------------------------------------------------------------
+    @staticmethod
+    def _resolve_args(args, model) -> SemiSupervisedConfig:
+        if args is None:
+            name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "")
+            return SemiSupervisedConfig(output_dir=f"{os.path.basename(str(name).rstrip('/')) or 'model'}-semisup")
+        if not isinstance(args, SemiSupervisedConfig):
+            values = {k: v for k, v in args.to_dict().items() if k in SemiSupervisedConfig.__dataclass_fields__}
+            values = {k: v for k, v in values.items() if SemiSupervisedConfig.__dataclass_fields__[k].init}
+            values.pop("push_to_hub_token", None)
+            return SemiSupervisedConfig(**values)
+        return args
+
+    @staticmethod
+    def _create_model(name: str, label_names: list | None, train_dataset, args) -> PreTrainedModel:
+        config = AutoConfig.from_pretrained(name)
+        kwargs = {}
+        if has_default_label_names(config):
+            if label_names is not None:
+                kwargs = {
+                    "num_labels": len(label_names),
+                    "id2label": dict(enumerate(label_names)),
+                    "label2id": {label: i for i, label in enumerate(label_names)},
+                }
+            elif args.label_column in train_dataset.column_names:
+                kwargs = {"num_labels": int(max(train_dataset.unique(args.label_column))) + 1}
+        return AutoModelForSequenceClassification.from_pretrained(name, **kwargs)
+
+    @staticmethod
+    def _align_label_names(config, label_names: list | None):
+        """Write the labeled set's class names into a config that has only placeholders, so a saved model keeps them."""
+        if label_names is None or not has_default_label_names(config):
+            return
+        if len(label_names) != config.num_labels:
+            raise ValueError(
+                f"The labeled set has {len(label_names)} classes {label_names}, but the model has "
+                f"`num_labels`={config.num_labels}."
+            )
+        config.id2label = dict(enumerate(label_names))
+        config.label2id = {label: i for i, label in enumerate(label_names)}
+
+    @staticmethod
+    def _prepare_eval(eval_dataset, prepare):
+        if isinstance(eval_dataset, dict):
+            return {
+                key: prepare_dataset(value, name=f"eval set {key!r} (`eval_dataset`)", **prepare)[0]
+                for key, value in eval_dataset.items()
+            }
+        return prepare_dataset(eval_dataset, name="eval set (`eval_dataset`)", **prepare)[0]
+
+    def _copy_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+
+    # ---- Pseudo-labeling --------------------------------------------------------------------------------------------
+    def _tokenize_for_prediction(self, dataset):
+        prepared, _ = prepare_dataset(
+            dataset,
+            self.processing_class,
+            name="dataset to pseudo-label",
+            text_column=self.args.text_column,
+            label_column=self.args.label_column,
+            label2id=self.model.config.label2id,
+            num_labels=self.model.config.num_labels,
+            max_length=self.args.max_length,
+            labels="hide",
+            add_length=True,
+        )
+        return prepared
+
+    def _predict(self, prepared) -> tuple[np.ndarray, np.ndarray]:
+        self._move_model_to_device(self.model, self.args.device)
+        return predict_pool(
+            self.model,
+            prepared,
+            self.data_collator,
+            self.accelerator,
+            self.args.per_device_eval_batch_size,
+            desc=f"Pseudo-labeling (round {self.current_round})",
+        )
+
+    def pseudo_label(self, dataset: datasets.Dataset | None = None) -> datasets.Dataset:
+        """
+        The current model's prediction for every row of `dataset` (default: the unlabeled set), in order.
+
+        Returns:
+            [`~datasets.Dataset`]: `dataset` with two more columns: `pseudo_label` (`int`, the argmax class) and
+            `confidence` (`float`, the top softmax probability).
+        """
+        if dataset is None:
+            if self.unlabeled_dataset is None:
+                raise ValueError(
+                    "`pseudo_label()` needs a dataset: none was given and there is no `unlabeled_dataset`."
+                )
+            source, prepared = self.unlabeled_source, self.unlabeled_dataset
+        else:
+            source, prepared = dataset, self._tokenize_for_prediction(dataset)
+        labels, confidences = self._predict(prepared)
+        source = source.remove_columns([c for c in ("pseudo_label", "confidence") if c in source.column_names])
+        return source.add_column("pseudo_label", labels.tolist()).add_column("confidence", confidences.tolist())
+
+    def _pseudo_labeled_train_set(self, record: dict) -> datasets.Dataset:
+        """Label the pool with the current model, select, fill in `record`, and return labeled + selected rows."""
+        labels, confidences = self._predict(self.unlabeled_dataset)
+        selected = select_pseudo_labels(
+            labels,
+            confidences,
+            self.args.confidence_threshold,
+            class_prior=self.class_prior if self.args.class_balance else None,
+            max_pseudo_labels=self.args.max_pseudo_labels,
+        )
+        id2label = self.model.config.id2label
+        counts = Counter(labels[selected].tolist())
+        record["num_pseudo_labels"] = len(selected)
+        record["pseudo_label_class_counts"] = {str(id2label[c]): counts.get(c, 0) for c in range(len(id2label))}
+        record["num_confident"] = int((confidences >= self.args.confidence_threshold).sum())
+        record["mean_confidence"] = float(confidences.mean())
+        if self.unlabeled_gold_labels is not None:
+            gold = self.unlabeled_gold_labels
+            record["pseudo_label_accuracy"] = accuracy(labels[selected], gold[selected]) if len(selected) else None
+            record["teacher_pool_accuracy"] = accuracy(labels, gold)
+        if len(selected) == 0:
+            logger.warning(f"Round {record['round']}: no pseudo-label passed the selection; training on labeled data.")
+            return self.labeled_dataset
+        pseudo = self.unlabeled_dataset.select(selected).remove_columns(LENGTH_COLUMN)
+        pseudo = pseudo.add_column("labels", labels[selected].tolist())
+        if pseudo.features != self.labeled_dataset.features:
+            pseudo = pseudo.cast(self.labeled_dataset.features)
+        return datasets.concatenate_datasets([self.labeled_dataset, pseudo])
+
+    # ---- Round loop ---------------------------------------------------------------------------------------------------
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """
+        Round 0 trains on the labeled set; each later round pseudo-labels the pool with the current model and trains a
+        student on labeled + selected rows. Returns the last round's [`~transformers.trainer_utils.TrainOutput`].
+        """
+        self.self_training_history = []
+        self.best_round, best_metric, best_state = None, None, None
+        output = None
+        for round_ in range(self.args.self_training_rounds + 1):
+            self.current_round = round_
+            record = {"round": round_, "threshold": self.args.confidence_threshold}
+            if round_ == 0:
+                self.train_dataset = self.labeled_dataset
+                record["num_pseudo_labels"] = 0
+                record["pseudo_label_class_counts"] = {str(n): 0 for n in self.model.config.id2label.values()}
+            else:
+                self.train_dataset = self._pseudo_labeled_train_set(record)
+                self._start_student()
+            record["num_train_examples"] = len(self.train_dataset)
+
+            output = super().train(
+                resume_from_checkpoint=resume_from_checkpoint if round_ == 0 else None,
+                trial=trial,
+                ignore_keys_for_eval=ignore_keys_for_eval,
+                **kwargs,
+            )
+            record["train_loss"] = output.training_loss
+            record["train_steps"] = output.global_step
+            if self.eval_dataset is not None:
+                record.update(self.evaluate(ignore_keys=ignore_keys_for_eval))
+
+            metric = self._best_round_metric(record)
+            if metric is not None and (best_metric is None or self._is_better(metric, best_metric)):
+                self.best_round, best_metric = round_, metric
+                if round_ < self.args.self_training_rounds:
+                    best_state = self._copy_state()
+            self._end_round(record)
+
+        if self.best_round is not None and self.best_round != self.args.self_training_rounds and best_state:
+            logger.info(f"Loading the model of round {self.best_round}, the best by `{self._best_metric_key()}`.")
+            self.model.load_state_dict(best_state)
+        return output
+
+    def _start_student(self):
+        if self._initial_state is not None:
+            self.model.load_state_dict(self._initial_state)
+        if not self._user_optimizers:
+            self.optimizer, self.lr_scheduler = None, None
+        self.model_wrapped = self.model  # a fresh DDP wrapper for the new optimizer
+
+    def _get_output_dir(self, trial) -> str:
+        # Checkpoints of different rounds must not overwrite each other: each round saves under its own folder.
+        output_dir = super()._get_output_dir(trial)
+        if self.args.self_training_rounds == 0:
+            return output_dir
+        return os.path.join(output_dir, f"round-{self.current_round}")
+
+    def _best_metric_key(self) -> str | None:
+        if not self.args.load_best_model_at_end or self.eval_dataset is None:
+            return None
+        metric = self.args.metric_for_best_model or "loss"
+        return metric if metric.startswith("eval_") else f"eval_{metric}"
+
+    def _best_round_metric(self, record: dict) -> float | None:
+        key = self._best_metric_key()
+        if key is None:
+            return None
+        if key not in record:
+            raise KeyError(f"`metric_for_best_model`={key!r} is not among the eval metrics {sorted(record)}.")
+        return record[key]
+
+    def _is_better(self, metric: float, best: float) -> bool:
+        greater = self.args.greater_is_better
+        if greater is None:
+            greater = not self._best_metric_key().endswith("loss")
+        return metric > best if greater else metric < best
+
+    def _end_round(self, record: dict):
+        self.self_training_history.append(record)
+        logs = {
+            "self_training_round": record["round"],
+            "num_pseudo_labels": record["num_pseudo_labels"],
+            "pseudo_label_threshold": record["threshold"],
+        }
+        if record.get("pseudo_label_accuracy") is not None:
+            logs["pseudo_label_accuracy"] = record["pseudo_label_accuracy"]
+        for name, count in record["pseudo_label_class_counts"].items():
+            logs[f"pseudo_labels_{name}"] = count
+        self.log(logs)
+        if self.args.should_save:
+            write_json_atomic(os.path.join(self.args.output_dir, HISTORY_NAME), self.self_training_history)
+
+
+def write_json_atomic(path: str, payload):
+    """Write JSON to a temporary file and rename it, so a crash never leaves a half-written file."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)
