@@ -1,0 +1,89 @@
+"""Every bad input named by the core issue fails before training with a ValueError naming the field and value."""
+
+import pytest
+from conftest import make_model, tiny_config, toy_dataset
+from datasets import Dataset
+
+from hf_semisup import SemiSupervisedTrainer
+
+
+def build(tmp_path, tokenizer, rounds=1, **datasets):
+    kwargs = {"train_dataset": toy_dataset(8), "unlabeled_dataset": toy_dataset(8, seed=1), **datasets}
+    return SemiSupervisedTrainer(
+        make_model(), tiny_config(tmp_path, self_training_rounds=rounds), processing_class=tokenizer, **kwargs
+    )
+
+
+def expect_error(tmp_path, tokenizer, *fragments, rounds=1, **datasets):
+    with pytest.raises(ValueError) as error:
+        build(tmp_path, tokenizer, rounds=rounds, **datasets)
+    for fragment in fragments:
+        assert fragment in str(error.value), str(error.value)
+
+
+def test_empty_labeled_set(tmp_path, tokenizer):
+    expect_error(tmp_path, tokenizer, "train_dataset", "empty", train_dataset=toy_dataset(8).select([]))
+
+
+def test_empty_unlabeled_set_with_rounds(tmp_path, tokenizer):
+    expect_error(tmp_path, tokenizer, "unlabeled_dataset", "empty", unlabeled_dataset=toy_dataset(8).select([]))
+
+
+def test_missing_unlabeled_set_with_rounds(tmp_path, tokenizer):
+    expect_error(tmp_path, tokenizer, "unlabeled_dataset", "self_training_rounds", unlabeled_dataset=None)
+
+
+def test_empty_unlabeled_set_without_rounds_is_fine(tmp_path, tokenizer):
+    build(tmp_path, tokenizer, rounds=0, unlabeled_dataset=toy_dataset(8).select([]))
+
+
+def test_missing_text_column(tmp_path, tokenizer):
+    labeled = toy_dataset(8).rename_column("text", "sentence")
+    expect_error(tmp_path, tokenizer, "'text'", "text_column", "sentence", train_dataset=labeled)
+    unlabeled = Dataset.from_dict({"review": ["good movie"]})
+    expect_error(tmp_path, tokenizer, "unlabeled", "'text'", "review", unlabeled_dataset=unlabeled)
+
+
+def test_missing_label_column(tmp_path, tokenizer):
+    labeled = toy_dataset(8).remove_columns("label")
+    expect_error(tmp_path, tokenizer, "'label'", "label_column", train_dataset=labeled)
+
+
+def test_label_outside_the_model_classes(tmp_path, tokenizer):
+    ints = Dataset.from_dict({"text": ["good", "bad", "fine"], "label": [0, 1, 5]})
+    expect_error(tmp_path, tokenizer, "5", "row 2", train_dataset=ints)
+    negative = Dataset.from_dict({"text": ["good", "bad"], "label": [0, -1]})
+    expect_error(tmp_path, tokenizer, "-1", "row 1", train_dataset=negative)
+
+
+def test_class_name_not_among_the_model_classes(tmp_path, tokenizer):
+    model = make_model()
+    model.config.id2label, model.config.label2id = {0: "negative", 1: "positive"}, {"negative": 0, "positive": 1}
+    labeled = Dataset.from_dict({"text": ["good", "bad", "meh"], "label": ["positive", "negative", "neutral"]})
+    with pytest.raises(ValueError) as error:
+        SemiSupervisedTrainer(
+            model, tiny_config(tmp_path, self_training_rounds=0), train_dataset=labeled, processing_class=tokenizer
+        )
+    assert "'neutral'" in str(error.value) and "row 2" in str(error.value)
+
+
+def test_more_classes_than_the_model_has(tmp_path, tokenizer):
+    labeled = Dataset.from_dict({"text": ["good", "bad", "meh"], "label": ["pos", "neg", "neu"]})
+    expect_error(tmp_path, tokenizer, "3 classes", "num_labels", train_dataset=labeled)
+
+
+def test_non_string_text(tmp_path, tokenizer):
+    labeled = Dataset.from_dict({"text": [1, 2], "label": [0, 1]})
+    expect_error(tmp_path, tokenizer, "'text'", "strings", "row 0", train_dataset=labeled)
+    unlabeled = Dataset.from_dict({"text": ["fine", None]})
+    expect_error(tmp_path, tokenizer, "unlabeled", "row 1", "None", unlabeled_dataset=unlabeled)
+
+
+def test_bad_eval_set(tmp_path, tokenizer):
+    expect_error(tmp_path, tokenizer, "eval", "'label'", eval_dataset=toy_dataset(4).remove_columns("label"))
+
+
+def test_threshold_outside_the_open_interval(tmp_path):
+    for value in (0.0, 1.0):
+        with pytest.raises(ValueError, match=f"confidence_threshold.*{value}"):
+            tiny_config(tmp_path, confidence_threshold=value)

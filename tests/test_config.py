@@ -1,0 +1,59 @@
+import dataclasses
+
+import pytest
+from transformers import HfArgumentParser
+
+from hf_semisup import SemiSupervisedConfig
+
+
+def test_every_new_field_has_help():
+    from transformers import TrainingArguments
+
+    base = {f.name for f in dataclasses.fields(TrainingArguments)}
+    new = [f for f in dataclasses.fields(SemiSupervisedConfig) if f.name not in base]
+    assert {"self_training_rounds", "confidence_threshold", "class_balance", "max_pseudo_labels"} <= {
+        f.name for f in new
+    }
+    for f in new:
+        assert f.metadata.get("help"), f"field {f.name} has no help"
+
+
+def test_hf_argument_parser_reads_the_fields(tmp_path):
+    parser = HfArgumentParser(SemiSupervisedConfig)
+    (config,) = parser.parse_args_into_dataclasses(
+        [
+            "--output_dir", str(tmp_path),
+            "--self_training_rounds", "3",
+            "--confidence_threshold", "0.8",
+            "--class_balance", "false",
+            "--max_pseudo_labels", "100",
+            "--student_init", "continue",
+            "--text_column", "sentence",
+        ]
+    )  # fmt: skip
+    assert config.self_training_rounds == 3
+    assert config.confidence_threshold == 0.8
+    assert config.class_balance is False
+    assert config.max_pseudo_labels == 100
+    assert config.student_init == "continue"
+    assert config.text_column == "sentence"
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("confidence_threshold", 0.0),
+        ("confidence_threshold", 1.0),
+        ("confidence_threshold", 1.5),
+        ("confidence_threshold", -0.1),
+        ("self_training_rounds", -1),
+        ("max_pseudo_labels", 0),
+        ("student_init", "warm"),
+        ("max_length", 1),
+    ],
+)
+def test_bad_values_name_the_field_and_value(tmp_path, field, value):
+    with pytest.raises(ValueError) as error:
+        SemiSupervisedConfig(output_dir=str(tmp_path), **{field: value})
+    assert field in str(error.value)
+    assert repr(value) in str(error.value)

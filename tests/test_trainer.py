@@ -1,0 +1,236 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_model, tiny_config, toy_dataset
+from datasets import ClassLabel, Dataset
+from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
+
+from hf_semisup import SemiSupervisedTrainer
+
+
+def test_pseudo_label_equals_a_manual_forward_pass(tmp_path, tokenizer):
+    unlabeled = toy_dataset(37, seed=3)  # odd size, uneven lengths: several padded batches
+    trainer = SemiSupervisedTrainer(
+        make_model(),
+        tiny_config(tmp_path, per_device_eval_batch_size=8),
+        train_dataset=toy_dataset(16),
+        processing_class=tokenizer,
+        unlabeled_dataset=unlabeled,
+    )
+    result = trainer.pseudo_label()
+    assert result.column_names == ["text", "label", "pseudo_label", "confidence"]
+    assert result["text"] == unlabeled["text"]
+
+    model = trainer.model.eval()
+    for row, text in enumerate(unlabeled["text"]):
+        with torch.no_grad():
+            probabilities = model(**tokenizer(text, return_tensors="pt")).logits.softmax(-1)[0]
+        assert result[row]["pseudo_label"] == int(probabilities.argmax())
+        assert result[row]["confidence"] == pytest.approx(float(probabilities.max()), abs=1e-5)
+
+    # Any other dataset, raw text, gets the same treatment.
+    other = trainer.pseudo_label(Dataset.from_dict({"text": unlabeled["text"][:5]}))
+    assert other["pseudo_label"] == result["pseudo_label"][:5]
+
+
+def test_fixed_teacher_accepts_exactly_the_confident_rows(tmp_path, tokenizer):
+    trainer = SemiSupervisedTrainer(
+        make_model(),
+        tiny_config(tmp_path, class_balance=False),
+        train_dataset=toy_dataset(16),
+        processing_class=tokenizer,
+        unlabeled_dataset=toy_dataset(60, seed=5),
+    )
+    predictions = trainer.pseudo_label()
+    threshold = float(np.median(predictions["confidence"]))
+    trainer.args.confidence_threshold = threshold
+    record = {"round": 1}
+    train_set = trainer._pseudo_labeled_train_set(record)
+    confident = np.asarray(predictions["confidence"]) >= threshold
+    assert 0 < confident.sum() < 60, "the threshold must split this pool for the test to mean something"
+    assert record["num_pseudo_labels"] == confident.sum()
+    assert record["num_confident"] == confident.sum()
+    assert len(train_set) == 16 + confident.sum()
+    # The appended rows are the confident ones, with the teacher's labels.
+    assert sorted(train_set["labels"][16:]) == sorted(np.asarray(predictions["pseudo_label"])[confident].tolist())
+    # The pool's hidden labels are used for diagnostics only.
+    gold = np.asarray([{"negative": 0, "positive": 1}[x] for x in predictions["label"]])
+    expected = (np.asarray(predictions["pseudo_label"]) == gold)[confident].mean()
+    assert record["pseudo_label_accuracy"] == pytest.approx(expected)
+
+
+def test_zero_rounds_reproduces_plain_trainer(tmp_path, tokenizer):
+    labeled = toy_dataset(40)
+    tokenized = labeled.map(lambda b: tokenizer(b["text"]), batched=True, remove_columns=["text"])
+    tokenized = tokenized.map(
+        lambda b: {"labels": [{"negative": 0, "positive": 1}[x] for x in b["label"]]}, batched=True
+    )
+    tokenized = tokenized.remove_columns("label")
+    common = dict(
+        report_to="none",
+        per_device_train_batch_size=8,
+        learning_rate=5e-3,
+        num_train_epochs=2,
+        save_strategy="no",
+        use_cpu=True,
+        seed=7,
+        disable_tqdm=True,
+    )
+    plain = Trainer(
+        make_model(seed=1),
+        TrainingArguments(output_dir=str(tmp_path / "plain"), **common),
+        train_dataset=tokenized,
+        processing_class=tokenizer,
+    )
+    plain.train()
+    ours = SemiSupervisedTrainer(
+        make_model(seed=1),
+        tiny_config(tmp_path / "ours", self_training_rounds=0, **common),
+        train_dataset=labeled,
+        processing_class=tokenizer,
+    )
+    ours.train()
+    for (name, a), (_, b) in zip(plain.model.state_dict().items(), ours.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert ours.model.state_dict()["classifier.weight"].ne(make_model(seed=1).state_dict()["classifier.weight"]).any()
+
+
+def test_self_training_on_a_learnable_task(tmp_path, tokenizer):
+    trainer = SemiSupervisedTrainer(
+        make_model(),
+        tiny_config(tmp_path, self_training_rounds=2, num_train_epochs=20, learning_rate=3e-3, warmup_steps=0),
+        train_dataset=toy_dataset(64),
+        eval_dataset=toy_dataset(100, seed=1),
+        processing_class=tokenizer,
+        unlabeled_dataset=toy_dataset(300, seed=2, positive_share=0.7),
+    )
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    history = trainer.self_training_history
+    assert [r["round"] for r in history] == [0, 1, 2]
+    for record in history:
+        for key in ("num_pseudo_labels", "pseudo_label_class_counts", "threshold", "eval_accuracy", "eval_f1"):
+            assert key in record
+    assert history[0]["num_pseudo_labels"] == 0
+    assert history[1]["num_pseudo_labels"] > 50
+    assert history[1]["pseudo_label_accuracy"] > 0.8  # chance is 0.5
+    assert sum(history[1]["pseudo_label_class_counts"].values()) == history[1]["num_pseudo_labels"]
+    # Class balance: the accepted set follows the 50/50 labeled prior, not the pool's 70/30.
+    counts = history[1]["pseudo_label_class_counts"]
+    assert abs(counts["positive"] - counts["negative"]) <= 1
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+    with open(os.path.join(tmp_path, "self_training_history.json")) as f:
+        assert json.load(f) == json.loads(json.dumps(history))
+    logged = [log for log in trainer.state.log_history if "num_pseudo_labels" in log]
+    assert logged and logged[-1]["self_training_round"] == 2
+    assert logged[-1]["num_pseudo_labels"] == history[2]["num_pseudo_labels"]
+
+
+def test_round_with_nothing_confident_trains_on_labeled_data(tmp_path, tokenizer):
+    trainer = SemiSupervisedTrainer(
+        make_model(),
+        tiny_config(tmp_path, self_training_rounds=1, num_train_epochs=1, confidence_threshold=0.999999),
+        train_dataset=toy_dataset(16),
+        processing_class=tokenizer,
+        unlabeled_dataset=toy_dataset(40, seed=2),
+    )
+    trainer.train()
+    assert trainer.self_training_history[1]["num_pseudo_labels"] == 0
+    assert trainer.self_training_history[1]["num_train_examples"] == 16
+
+
+def test_class_names_are_written_into_the_saved_config(tmp_path, tokenizer):
+    labeled = toy_dataset(16, names=("bad", "good"))
+    trainer = SemiSupervisedTrainer(
+        make_model(),
+        tiny_config(tmp_path, self_training_rounds=0, num_train_epochs=1),
+        train_dataset=labeled,
+        processing_class=tokenizer,
+    )
+    assert trainer.model.config.id2label == {0: "bad", 1: "good"}
+    assert trainer.labeled_dataset["labels"] == [{"bad": 0, "good": 1}[x] for x in labeled["label"]]
+    trainer.train()
+    trainer.save_model(str(tmp_path / "saved"))
+    reloaded = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "saved"))
+    assert reloaded.config.label2id == {"bad": 0, "good": 1}
+
+
+def test_class_label_and_int_labels_and_pretokenized_input(tmp_path, tokenizer):
+    rows = toy_dataset(16, names=None)
+    labeled = rows.cast_column("label", ClassLabel(names=["neg", "pos"]))
+    trainer = SemiSupervisedTrainer(
+        make_model(), tiny_config(tmp_path, self_training_rounds=0), train_dataset=labeled, processing_class=tokenizer
+    )
+    assert trainer.model.config.id2label == {0: "neg", 1: "pos"}
+    assert trainer.labeled_dataset["labels"] == rows["label"]
+
+    tokenized = rows.map(lambda b: tokenizer(b["text"]), batched=True, remove_columns=["text"])
+    trainer = SemiSupervisedTrainer(
+        make_model(),
+        tiny_config(tmp_path, self_training_rounds=0),
+        train_dataset=tokenized,
+        processing_class=tokenizer,
+    )
+    assert trainer.labeled_dataset["labels"] == rows["label"]
+    assert trainer.labeled_dataset["input_ids"] == tokenized["input_ids"]
+
+
+def test_model_given_as_a_path(tmp_path, tokenizer):
+    make_model(num_labels=2).save_pretrained(str(tmp_path / "tiny"))
+    tokenizer.save_pretrained(str(tmp_path / "tiny"))
+    labeled = toy_dataset(16, names=("neg", "pos"))
+    trainer = SemiSupervisedTrainer(
+        str(tmp_path / "tiny"), tiny_config(tmp_path / "out", self_training_rounds=0), train_dataset=labeled
+    )
+    assert trainer.processing_class is not None
+    assert trainer.model.config.id2label == {0: "neg", 1: "pos"}
+
+
+class RoundEndWeights(TrainerCallback):
+    def __init__(self):
+        self.weights = []
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.weights.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+
+
+def test_load_best_model_at_end_keeps_the_best_round(tmp_path, tokenizer):
+    scores = iter([0.2, 0.2, 0.9, 0.9, 0.5, 0.5])  # two evaluations per round: in-round epoch, then end of round
+
+    def scripted_metrics(_):
+        return {"score": next(scores)}
+
+    recorder = RoundEndWeights()
+    trainer = SemiSupervisedTrainer(
+        make_model(),
+        tiny_config(
+            tmp_path,
+            self_training_rounds=2,
+            num_train_epochs=1,
+            eval_strategy="epoch",
+            save_strategy="epoch",
+            load_best_model_at_end=True,
+            metric_for_best_model="score",
+            confidence_threshold=0.5001,
+            student_init="continue",
+        ),
+        train_dataset=toy_dataset(16),
+        eval_dataset=toy_dataset(20, seed=1),
+        processing_class=tokenizer,
+        unlabeled_dataset=toy_dataset(40, seed=2),
+        compute_metrics=scripted_metrics,
+        callbacks=[recorder],
+    )
+    trainer.train()
+    assert trainer.best_round == 1
+    assert [r["eval_score"] for r in trainer.self_training_history] == [0.2, 0.9, 0.5]
+    assert len(recorder.weights) == 3
+    final = trainer.model.state_dict()
+    assert all(torch.equal(final[k], v) for k, v in recorder.weights[1].items())
+    assert not all(torch.equal(final[k], v) for k, v in recorder.weights[2].items())
+    # Checkpoints of different rounds live in different folders.
+    assert sorted(os.listdir(tmp_path / "round-1")) and sorted(os.listdir(tmp_path / "round-2"))
