@@ -145,3 +145,28 @@ def prepare_dataset(
     if labels != "hide" and label_ids is not None:
         dataset = dataset.add_column("labels", label_ids)
     return dataset, gold
+
+
+def sample_labeled_per_class(dataset, num_per_class: int, label_column: str, seed: int = 0):
+    """
+    Split a labeled dataset into `num_per_class` rows per class (drawn with `seed`) and the rest.
+
+    Returns:
+        `(labeled, rest)`: two [`~datasets.Dataset`] views of `dataset`. `rest` keeps its label column, so it can
+        serve as an unlabeled pool whose hidden labels only measure pseudo-label accuracy.
+    """
+    if num_per_class < 1:
+        raise ValueError(f"`num_labeled_per_class` must be >= 1, got {num_per_class!r}.")
+    values = dataset[label_column]
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in sorted(set(values), key=str):
+        rows = np.flatnonzero(np.asarray([v == label for v in values]))
+        if len(rows) < num_per_class:
+            raise ValueError(
+                f"`num_labeled_per_class`={num_per_class} is more than class {label!r} has ({len(rows)} rows)."
+            )
+        chosen.extend(rng.choice(rows, size=num_per_class, replace=False).tolist())
+    chosen = sorted(chosen)
+    rest = np.setdiff1d(np.arange(len(dataset)), chosen)
+    return dataset.select(chosen), dataset.select(rest)
