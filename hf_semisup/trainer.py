@@ -23,6 +23,7 @@ from .adapters import is_peft_model, load_trainable_state, prepare_peft_model, s
 from .config import SemiSupervisedConfig
 from .data import LENGTH_COLUMN, has_default_label_names, label_names_of, prepare_dataset
 from .metrics import accuracy, compute_classification_metrics
+from .model_card import write_model_card
 from .pseudo_labeling import predict_pool, select_pseudo_labels
 
 
@@ -65,6 +66,9 @@ class SemiSupervisedTrainer(Trainer):
             classification head train, the base stays frozen, and pseudo-labels come from the adapted model. With
             `student_init="reset"` each round starts from the initial adapter and head. `save_model` writes the
             adapter, or the merged model when `args.save_merged_model` is set.
+
+    Saving to `output_dir` (not to a checkpoint) also writes `self_training_history.json` and a model card
+    (`README.md`); `push_to_hub` uploads them with the model and tokenizer.
 
     Other arguments are those of [`~transformers.Trainer`], in the same order.
     """
@@ -364,11 +368,11 @@ class SemiSupervisedTrainer(Trainer):
     # ---- Saving and the Hub -------------------------------------------------------------------------------------------
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         """
-        Save the model (the adapter with PEFT, or the merged model if `args.save_merged_model`) and tokenizer. Pushes
-        when `args.push_to_hub` is set.
+        Save the model (the adapter with PEFT, or the merged model if `args.save_merged_model`) and tokenizer; outside
+        checkpoints also `self_training_history.json` and the model card. Pushes when `args.push_to_hub` is set.
         """
         output_dir = output_dir if output_dir is not None else self.args.output_dir
-        # Checkpoints keep the adapter so training can resume from them.
+        # Checkpoints keep the adapter so training can resume from them; the card describes a finished model.
         final = not os.path.basename(os.path.normpath(output_dir)).startswith(f"{PREFIX_CHECKPOINT_DIR}-")
         model = self.accelerator.unwrap_model(self.model)
         if final and self.args.save_merged_model and is_peft_model(model):
@@ -380,8 +384,43 @@ class SemiSupervisedTrainer(Trainer):
                 torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
         else:
             super().save_model(output_dir, _internal_call=True)
+        if final and self.is_world_process_zero():
+            write_json_atomic(os.path.join(output_dir, HISTORY_NAME), self.self_training_history)
+            write_model_card(self, output_dir)
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ):
+        """
+        Write the semi-supervised model card to `output_dir/README.md` (main process only); see
+        [`~hf_semisup.model_card.build_model_card`] for the arguments. `tasks` is ignored: the task is always
+        text classification.
+        """
+        if not self.is_world_process_zero():
+            return
+        write_model_card(
+            self,
+            self.args.output_dir,
+            language=language,
+            license=license,
+            tags=tags,
+            model_name=model_name,
+            finetuned_from=finetuned_from,
+            dataset_tags=dataset_tags,
+            dataset=dataset,
+            dataset_args=dataset_args,
+        )
 
     def _get_output_dir(self, trial) -> str:
         # Checkpoints of different rounds must not overwrite each other: each round saves under its own folder.

@@ -130,7 +130,7 @@ def test_saved_adapter_reloads_and_predicts_the_same(lora_run):
     output_dir = lora_run.root / "adapter"
     trainer.save_model(str(output_dir))
     files = set(os.listdir(output_dir))
-    assert {"adapter_config.json", "adapter_model.safetensors"} <= files
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "self_training_history.json"} <= files
     assert "model.safetensors" not in files
 
     texts = toy_dataset(16, seed=7)["text"]
@@ -159,7 +159,7 @@ def test_save_merged_model_writes_full_weights_and_keeps_training_state(lora_run
 
     trainer.save_model(str(output_dir))
     files = set(os.listdir(output_dir))
-    assert {"model.safetensors", "config.json", "tokenizer.json"} <= files
+    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "self_training_history.json"} <= files
     assert not files & {"adapter_config.json", "adapter_model.safetensors"}
     merged = AutoModelForSequenceClassification.from_pretrained(output_dir)
     assert type(merged).__name__ == "BertForSequenceClassification"
@@ -173,6 +173,7 @@ def test_save_merged_model_writes_full_weights_and_keeps_training_state(lora_run
     trainer.save_model(str(checkpoint))
     files = set(os.listdir(checkpoint))
     assert "adapter_model.safetensors" in files and "model.safetensors" not in files
+    assert "self_training_history.json" not in files
 
 
 # ---- Construction ---------------------------------------------------------------------------------------------------
