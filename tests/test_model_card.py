@@ -214,3 +214,22 @@ def test_template_is_shipped_in_the_package_and_mirrored_at_the_root():
     packaged = Path(hf_semisup.__file__).parent / "model_cards" / "model_card_template.md"
     assert TEMPLATE_PATH == packaged and packaged.is_file()
     assert (REPO_ROOT / "model_cards" / "model_card_template.md").read_bytes() == packaged.read_bytes()
+
+
+def test_round_table_splits_metrics_of_several_eval_sets():
+    from hf_semisup.model_card import _round_table
+
+    record = {
+        "round": 0,
+        "threshold": 0.9,
+        "num_pseudo_labels": 0,
+        "pseudo_label_class_counts": {"a": 0, "b": 0},
+        "eval_test_accuracy": 0.75,
+        "eval_test_runtime": 1.0,
+        "eval_test_hard_accuracy": 0.5,
+        "eval_test_hard_samples_per_second": 9.0,
+        "train_loss": 0.3,
+    }
+    columns, rows = _round_table([record], {"test": None, "test_hard": None})
+    assert columns == ["test accuracy", "test_hard accuracy"]
+    assert rows[0]["metrics"] == ["0.7500", "0.5000"]
