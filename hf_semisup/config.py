@@ -45,6 +45,13 @@ class SemiSupervisedConfig(TrainingArguments):
             dataset it is never trained on, only used to report `pseudo_label_accuracy`.
         max_length (`int` or `None`, *optional*, defaults to `256`):
             Texts are truncated to this many tokens. `None` uses the tokenizer's `model_max_length`.
+
+        > Saving
+
+        save_merged_model (`bool`, *optional*, defaults to `False`):
+            With a PEFT student, `save_model` and `push_to_hub` write the full model with the adapter merged into the
+            base weights (loadable with `from_pretrained` alone) instead of the adapter. Checkpoints always hold the
+            adapter, so training resumes from them. No effect without PEFT.
     """
 
     # Self-training
@@ -89,6 +96,15 @@ class SemiSupervisedConfig(TrainingArguments):
         metadata={"help": "Truncate texts to this many tokens. None: the tokenizer's model_max_length."},
     )
 
+    # Saving
+    save_merged_model: bool = field(
+        default=False,
+        metadata={
+            "help": "With a PEFT student, save and push the model with the adapter merged into the base weights "
+            "instead of the adapter. Checkpoints always hold the adapter."
+        },
+    )
+
     def __post_init__(self):
         super().__post_init__()
         if not isinstance(self.self_training_rounds, int) or self.self_training_rounds < 0:
@@ -103,3 +119,9 @@ class SemiSupervisedConfig(TrainingArguments):
             raise ValueError(f"`student_init` must be one of {STUDENT_INITS}, got {self.student_init!r}.")
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"`max_length` must be None or an integer >= 2, got {self.max_length!r}.")
+        if self.save_merged_model and (self.deepspeed or self.fsdp):
+            # Merging needs the whole adapter and base on one process; sharded weights would merge partially.
+            raise ValueError(
+                f"`save_merged_model`=True is not supported with DeepSpeed or FSDP (got `deepspeed`={self.deepspeed!r},"
+                f" `fsdp`={self.fsdp!r}): save the adapter, then merge it with `merge_and_unload()`."
+            )

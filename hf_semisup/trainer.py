@@ -16,10 +16,14 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .adapters import is_peft_model, load_trainable_state, prepare_peft_model, save_merged_model, trainable_state
 from .config import SemiSupervisedConfig
 from .data import LENGTH_COLUMN, has_default_label_names, label_names_of, prepare_dataset
 from .metrics import accuracy, compute_classification_metrics
+from .model_card import write_model_card
 from .pseudo_labeling import predict_pool, select_pseudo_labels
 
 
@@ -38,9 +42,10 @@ class SemiSupervisedTrainer(Trainer):
     [`SemiSupervisedConfig`]), and a student trains on labeled + selected rows and becomes the next teacher.
 
     Args:
-        model (`PreTrainedModel`, `torch.nn.Module` or `str`):
+        model (`PreTrainedModel`, `torch.nn.Module`, [`~peft.PeftModel`] or `str`):
             The classifier, or a name or path loaded with `AutoModelForSequenceClassification.from_pretrained` (its
-            `num_labels` and label names then come from the labeled set).
+            `num_labels` and label names then come from the labeled set). A `PeftModel` (loaded with
+            `is_trainable=True`) trains its adapter and classification head; then `peft_config` must be `None`.
         args ([`SemiSupervisedConfig`], *optional*):
             The configuration. `None` builds a default one writing to `<model name>-semisup`; a plain
             `TrainingArguments` is converted, with the semi-supervised fields at their defaults.
@@ -57,7 +62,13 @@ class SemiSupervisedTrainer(Trainer):
             The unlabeled pool, raw or tokenized. A label column in it is never trained on; it only feeds the
             `pseudo_label_accuracy` diagnostic. Required when `args.self_training_rounds > 0`.
         peft_config ([`~peft.PeftConfig`], *optional*):
-            Wrap `model` with this adapter configuration before training.
+            Wrap `model` with this adapter, e.g. `LoraConfig(task_type="SEQ_CLS", r=8)`: only the adapter and the
+            classification head train, the base stays frozen, and pseudo-labels come from the adapted model. With
+            `student_init="reset"` each round starts from the initial adapter and head. `save_model` writes the
+            adapter, or the merged model when `args.save_merged_model` is set.
+
+    Saving to `output_dir` (not to a checkpoint) also writes `self_training_history.json` and a model card
+    (`README.md`); `push_to_hub` uploads them with the model and tokenizer.
 
     Other arguments are those of [`~transformers.Trainer`], in the same order.
     """
@@ -109,10 +120,7 @@ class SemiSupervisedTrainer(Trainer):
         self._align_label_names(model.config, label_names)
 
         # PEFT
-        if peft_config is not None:
-            from peft import get_peft_model
-
-            model = get_peft_model(model, peft_config)
+        model = prepare_peft_model(model, peft_config)
 
         # Datasets
         prepare = dict(
@@ -219,7 +227,16 @@ class SemiSupervisedTrainer(Trainer):
         return prepare_dataset(eval_dataset, name="eval set (`eval_dataset`)", **prepare)[0]
 
     def _copy_state(self) -> dict[str, torch.Tensor]:
+        # A PEFT base is frozen: the adapter and head are the whole state, a fraction of the model's size.
+        if is_peft_model(self.model):
+            return trainable_state(self.model)
         return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+
+    def _load_state(self, state: dict[str, torch.Tensor]):
+        if is_peft_model(self.model):
+            load_trainable_state(self.model, state)
+        else:
+            self.model.load_state_dict(state)
 
     # ---- Pseudo-labeling --------------------------------------------------------------------------------------------
     def _tokenize_for_prediction(self, dataset):
@@ -338,15 +355,72 @@ class SemiSupervisedTrainer(Trainer):
 
         if self.best_round is not None and self.best_round != self.args.self_training_rounds and best_state:
             logger.info(f"Loading the model of round {self.best_round}, the best by `{self._best_metric_key()}`.")
-            self.model.load_state_dict(best_state)
+            self._load_state(best_state)
         return output
 
     def _start_student(self):
         if self._initial_state is not None:
-            self.model.load_state_dict(self._initial_state)
+            self._load_state(self._initial_state)
         if not self._user_optimizers:
             self.optimizer, self.lr_scheduler = None, None
         self.model_wrapped = self.model  # a fresh DDP wrapper for the new optimizer
+
+    # ---- Saving and the Hub -------------------------------------------------------------------------------------------
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """
+        Save the model (the adapter with PEFT, or the merged model if `args.save_merged_model`) and tokenizer; outside
+        checkpoints also `self_training_history.json` and the model card. Pushes when `args.push_to_hub` is set.
+        """
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        # Checkpoints keep the adapter so training can resume from them; the card describes a finished model.
+        final = not os.path.basename(os.path.normpath(output_dir)).startswith(f"{PREFIX_CHECKPOINT_DIR}-")
+        model = self.accelerator.unwrap_model(self.model)
+        if final and self.args.save_merged_model and is_peft_model(model):
+            if self.args.should_save:
+                os.makedirs(output_dir, exist_ok=True)
+                save_merged_model(model, output_dir)
+                if self.processing_class is not None:
+                    self.processing_class.save_pretrained(output_dir)
+                torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        else:
+            super().save_model(output_dir, _internal_call=True)
+        if final and self.is_world_process_zero():
+            write_json_atomic(os.path.join(output_dir, HISTORY_NAME), self.self_training_history)
+            write_model_card(self, output_dir)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ):
+        """
+        Write the semi-supervised model card to `output_dir/README.md` (main process only); see
+        [`~hf_semisup.model_card.build_model_card`] for the arguments. `tasks` is ignored: the task is always
+        text classification.
+        """
+        if not self.is_world_process_zero():
+            return
+        write_model_card(
+            self,
+            self.args.output_dir,
+            language=language,
+            license=license,
+            tags=tags,
+            model_name=model_name,
+            finetuned_from=finetuned_from,
+            dataset_tags=dataset_tags,
+            dataset=dataset,
+            dataset_args=dataset_args,
+        )
 
     def _get_output_dir(self, trial) -> str:
         # Checkpoints of different rounds must not overwrite each other: each round saves under its own folder.

@@ -1,0 +1,129 @@
+"""PEFT students: wrapping a classifier with an adapter, checking what trains, resetting it, and saving it merged."""
+
+import copy
+import logging
+import os
+
+import torch
+from transformers.utils import (
+    ADAPTER_CONFIG_NAME,
+    ADAPTER_SAFE_WEIGHTS_NAME,
+    ADAPTER_WEIGHTS_NAME,
+    is_peft_available,
+)
+
+
+logger = logging.getLogger(__name__)
+
+SEQ_CLS = "SEQ_CLS"
+
+
+def is_peft_model(model) -> bool:
+    """True when `model` is a [`~peft.PeftModel`]; never imports peft when it is not installed."""
+    if not is_peft_available():
+        return False
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def prepare_peft_model(model, peft_config):
+    """
+    Wrap `model` with `peft_config`, or check a ready [`~peft.PeftModel`], so that exactly the adapter and the
+    classification head train.
+
+    Args:
+        model (`torch.nn.Module`):
+            A sequence classifier, or a [`~peft.PeftModel`] (then `peft_config` must be `None`).
+        peft_config ([`~peft.PeftConfig`] or `None`):
+            The adapter configuration. Its `task_type` must be `"SEQ_CLS"` or unset (then it is set to `"SEQ_CLS"`):
+            that task type is what makes peft train the classification head (`classifier` or `score`) along with
+            the adapter. The caller's object is not modified.
+
+    Returns:
+        The model to train: `model` itself when there is nothing to wrap.
+    """
+    if peft_config is None:
+        if is_peft_model(model):
+            check_peft_trainable(model)
+        return model
+
+    if not is_peft_available():
+        raise ImportError(
+            "`peft_config` was given but the `peft` library is not installed. Install it with `pip install peft`, "
+            "or pass `peft_config=None` to fine-tune the full model."
+        )
+    from peft import PeftConfig, PeftModel, get_peft_model
+
+    if isinstance(model, PeftModel):
+        raise ValueError(
+            "`model` is already a `PeftModel` and a `peft_config` was also given. Pass either a base model with "
+            "`peft_config`, or the `PeftModel` with `peft_config=None`."
+        )
+    if not isinstance(peft_config, PeftConfig):
+        raise ValueError(
+            f"`peft_config` must be a `peft.PeftConfig` (e.g. `LoraConfig(task_type='SEQ_CLS')`), got "
+            f"{type(peft_config).__name__}: {peft_config!r}."
+        )
+    if peft_config.task_type not in (None, SEQ_CLS):
+        raise ValueError(
+            f"`peft_config.task_type` must be 'SEQ_CLS' (sequence classification) or None, got "
+            f"{peft_config.task_type!r}."
+        )
+    # peft extends `modules_to_save` in place: a copy keeps the caller's config reusable for another trainer.
+    peft_config = copy.deepcopy(peft_config)
+    peft_config.task_type = SEQ_CLS
+    model = get_peft_model(model, peft_config)
+    check_peft_trainable(model)
+    return model
+
+
+def check_peft_trainable(model):
+    """Raise a `ValueError` unless some adapter weights and the classification head of a `PeftModel` train."""
+    trainable = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+    if not trainable:
+        raise ValueError(
+            "The `PeftModel` has no trainable parameters (an adapter loaded for inference). Load it with "
+            "`PeftModel.from_pretrained(base, path, is_trainable=True)`."
+        )
+    if not any("modules_to_save" in name for name in trainable):
+        modules_to_save = getattr(model.active_peft_config, "modules_to_save", None)
+        raise ValueError(
+            f"The classification head of the `PeftModel` does not train: no module of `modules_to_save`="
+            f"{modules_to_save!r} exists in {type(model.get_base_model()).__name__}. Add the name of its head module "
+            "to `peft_config.modules_to_save` (peft adds `classifier` and `score` for task_type='SEQ_CLS')."
+        )
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """A CPU copy of the parameters that train: the adapter and head of a PEFT model (the base is frozen)."""
+    return {
+        name: parameter.detach().to("cpu", copy=True)
+        for name, parameter in model.named_parameters()
+        if parameter.requires_grad
+    }
+
+
+def load_trainable_state(model, state: dict[str, torch.Tensor]):
+    """Load a [`trainable_state`] back, checking that every saved tensor found its parameter."""
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise RuntimeError(f"Saved adapter weights match no parameter of the model: {result.unexpected_keys}.")
+
+
+def save_merged_model(model, output_dir: str, is_main_process: bool = True):
+    """
+    Save a [`~peft.PeftModel`] as a plain `transformers` model with the adapter merged into the base weights.
+
+    The merge runs on a copy, so training can go on with the adapter; the copy holds a second set of weights while
+    saving. Adapter files left in `output_dir` by an earlier save are removed, so `from_pretrained(output_dir)` loads
+    the merged weights and not an adapter.
+    """
+    merged = copy.deepcopy(model).merge_and_unload()
+    merged.save_pretrained(output_dir, is_main_process=is_main_process)
+    if is_main_process:
+        for name in (ADAPTER_CONFIG_NAME, ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME):
+            path = os.path.join(output_dir, name)
+            if os.path.isfile(path):
+                os.remove(path)
+    del merged

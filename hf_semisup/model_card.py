@@ -1,0 +1,387 @@
+"""The model card: what a semi-supervised run did, rendered from the `model_cards/` template into `README.md`."""
+
+import dataclasses
+import enum
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
+from .adapters import is_peft_model
+from .metrics import compute_classification_metrics
+
+
+TEMPLATE_PATH = Path(__file__).parent / "model_cards" / "model_card_template.md"
+CARD_NAME = "README.md"
+TAGS = ["hf-semisup", "semi-supervised", "text-classification"]
+TASK = {"task_type": "text-classification", "task_name": "Text Classification"}
+# Builders named after a file format, not a dataset: such a dataset has no Hub id to cite.
+FILE_BUILDERS = {"csv", "json", "parquet", "text", "pandas", "arrow", "generator", "sql", "webdataset"}
+# Throughput, not quality: left out of the card's tables and of `model-index`.
+SPEED_METRICS = {"runtime", "samples_per_second", "steps_per_second", "model_preparation_time", "jit_compilation_time"}
+# Fields about where to write, log and push, or how to run, not about how the model was trained.
+IGNORED_PREFIXES = (
+    "hub_",
+    "push_to_hub",
+    "logging_",
+    "log_",
+    "save_",
+    "dataloader_",
+    "ddp_",
+    "trackio_",
+    "do_",
+    "eval_",
+)
+IGNORED_FIELDS = {
+    "output_dir", "run_name", "project", "report_to", "disable_tqdm", "resume_from_checkpoint", "local_rank",
+    "use_cpu", "skip_memory_metrics", "debug", "enable_jit_checkpoint", "restore_callback_states_from_checkpoint",
+    "accelerator_config", "per_device_eval_batch_size", "text_column", "label_column",
+}  # fmt: skip
+PEFT_NAMES = {"LORA": "LoRA", "ADALORA": "AdaLoRA", "IA3": "IA3", "LOHA": "LoHa", "LOKR": "LoKr"}
+
+
+def write_model_card(trainer, output_dir: str, **kwargs) -> str:
+    """Render the card of `trainer`'s run (see [`build_model_card`]) into `output_dir/README.md`; returns the path."""
+    card = build_model_card(trainer, **kwargs)
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, CARD_NAME)
+    card.save(path)
+    return path
+
+
+def build_model_card(
+    trainer,
+    language: str | list[str] | None = None,
+    license: str | None = None,
+    tags: str | list[str] | None = None,
+    model_name: str | None = None,
+    finetuned_from: str | None = None,
+    dataset_tags: str | list[str] | None = None,
+    dataset: str | list[str] | None = None,
+    dataset_args: str | list[str] | None = None,
+) -> ModelCard:
+    """
+    The model card of a [`SemiSupervisedTrainer`] run, from its config, datasets and `self_training_history`.
+
+    Args:
+        language (`str` or `list[str]`, *optional*):
+            Language(s) of the training text, for the card's metadata.
+        license (`str`, *optional*):
+            License of the model, for the card's metadata.
+        tags (`str` or `list[str]`, *optional*):
+            Tags added to `hf-semisup`, `semi-supervised` and `text-classification` (and `peft` with an adapter).
+        model_name (`str`, *optional*):
+            Defaults to the last part of `hub_model_id`, else the name of `output_dir`.
+        finetuned_from (`str`, *optional*):
+            Hub id of the base model. Defaults to the model's `name_or_path` when that is a Hub id (not a local path).
+        dataset_tags (`str` or `list[str]`, *optional*):
+            Hub ids of the datasets. Defaults to the datasets' own names, unless they were read from local files.
+        dataset (`str` or `list[str]`, *optional*):
+            Readable names of the datasets. Defaults to `dataset_tags`.
+        dataset_args (`str` or `list[str]`, *optional*):
+            Dataset configuration names, as passed to `load_dataset`.
+    """
+    args = trainer.args
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    history = trainer.self_training_history
+    id2label = model.config.id2label
+    class_names = [str(id2label[i]) for i in range(len(id2label))]
+    dataset_tags, dataset, dataset_args = _as_list(dataset_tags), _as_list(dataset), _as_list(dataset_args)
+
+    # Model
+    if model_name is None:
+        hub_model_id = trainer.hub_model_id or args.hub_model_id
+        model_name = hub_model_id.split("/")[-1] if hub_model_id else Path(args.output_dir).absolute().name
+    repo_id = trainer.hub_model_id or args.hub_model_id or model_name
+    base_name = _base_model_name(model)
+    base_model_id = finetuned_from or _hub_id(base_name)
+    peft_type = peft_description = None
+    if is_peft_model(model):
+        peft_config = model.active_peft_config
+        peft_type = PEFT_NAMES.get(str(peft_config.peft_type.value), str(peft_config.peft_type.value))
+        peft_description = _describe_adapter(model, peft_type)
+    is_adapter = peft_type is not None and not getattr(args, "save_merged_model", False)
+
+    # Datasets
+    eval_sets = trainer.eval_dataset if isinstance(trainer.eval_dataset, dict) else {None: trainer.eval_dataset}
+    eval_sets = {name: data for name, data in eval_sets.items() if data is not None}
+    datasets_used = [trainer.labeled_dataset, trainer.unlabeled_dataset, *eval_sets.values()]
+    hub_datasets = dataset_tags or list(dict.fromkeys(filter(None, map(_dataset_id, datasets_used))))
+    num_unlabeled = len(trainer.unlabeled_dataset) if trainer.unlabeled_dataset is not None else 0
+    roles = {"Labeled": trainer.labeled_dataset, "Unlabeled": trainer.unlabeled_dataset}
+    roles.update({f"Evaluation ({name})" if name else "Evaluation": data for name, data in eval_sets.items()})
+    data_rows = [
+        {"role": role, "name": _dataset_name(data), "size": len(data)}
+        for role, data in roles.items()
+        if data is not None
+    ]
+    labeled_counts = np.bincount(np.asarray(trainer.labeled_dataset["labels"]), minlength=len(class_names))
+
+    # Rounds and results
+    round_columns, round_rows = _round_table(history, eval_sets)
+    final = None
+    if history:
+        final = history[trainer.best_round] if trainer.best_round is not None else history[-1]
+    final_metrics, eval_results = {}, []
+    if final is not None:
+        for eval_name, metrics in _eval_metrics(final, eval_sets).items():
+            data = eval_sets.get(eval_name)
+            for metric, value in metrics.items():
+                final_metrics[_column_name(eval_name, metric)] = _format(value)
+                if metric != "loss":
+                    eval_results.append(
+                        _eval_result(trainer, eval_name, data, metric, value, dataset_tags, dataset, dataset_args)
+                    )
+
+    card_data = ModelCardData(
+        language=language,
+        license=license,
+        library_name="peft" if is_adapter else "transformers",
+        base_model=base_model_id,
+        datasets=hub_datasets or None,
+        metrics=list(dict.fromkeys(result.metric_type for result in eval_results)) or None,
+        pipeline_tag="text-classification",
+        tags=TAGS + (["peft", peft_type.lower()] if peft_type else []) + _as_list(tags),
+        model_name=model_name,
+        eval_results=eval_results or None,
+    )
+    consistency_weight = getattr(args, "consistency_weight", None)
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE_PATH),
+        model_name=model_name,
+        repo_id=repo_id,
+        base_model_id=base_model_id,
+        base_model_display=_base_model_display(base_model_id, base_name, model),
+        class_names=class_names,
+        id2label=dict(enumerate(class_names)),
+        label2id={name: i for i, name in enumerate(class_names)},
+        peft_type=peft_type,
+        peft_description=peft_description,
+        is_adapter=is_adapter,
+        is_merged=peft_type is not None and not is_adapter,
+        num_labeled=len(trainer.labeled_dataset),
+        num_unlabeled=num_unlabeled,
+        data_rows=data_rows,
+        labeled_class_counts={name: int(count) for name, count in zip(class_names, labeled_counts)},
+        self_training_rounds=args.self_training_rounds,
+        confidence_threshold=args.confidence_threshold,
+        class_balance=args.class_balance,
+        max_pseudo_labels=args.max_pseudo_labels,
+        student_init=args.student_init,
+        consistency=None
+        if consistency_weight is None
+        else {
+            "weight": consistency_weight,
+            "token_dropout": getattr(args, "token_dropout", None),
+            "mode": getattr(args, "token_dropout_mode", None),
+        },
+        round_columns=round_columns,
+        round_rows=round_rows,
+        final_round=final["round"] if final is not None else None,
+        best_metric=trainer._best_metric_key() if trainer.best_round is not None else None,
+        final_metrics=final_metrics,
+        hyperparameters=non_default_hyperparameters(args),
+        framework_versions=framework_versions(include_peft=peft_type is not None),
+        example_text="Replace me by any text you'd like.",
+    )
+
+
+# ---- Run summary ------------------------------------------------------------------------------------------------------
+def non_default_hyperparameters(args) -> dict:
+    """
+    The fields of `args` whose value differs from the class default, except output, logging, Hub and runtime settings.
+
+    Defaults come from the dataclass fields: building a default config instead would re-initialize accelerate's global
+    state in the middle of a run. A `None` default is derived in `__post_init__` (e.g. `gradient_checkpointing` becomes
+    `False`), so an empty value (`None`, `False`, `""`, `[]`, `{}`) matches it.
+    """
+    values = args.to_dict()
+    changed = {}
+    for field in dataclasses.fields(args):
+        name = field.name
+        if not field.init or name not in values or name in IGNORED_FIELDS or name.startswith(IGNORED_PREFIXES):
+            continue
+        if field.default is not dataclasses.MISSING:
+            default = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        else:
+            default = None
+        if isinstance(default, enum.Enum):
+            default = default.value
+        value = values[name]
+        if value == default or (_is_empty(value) and _is_empty(default)):
+            continue
+        changed[name] = value
+    return changed
+
+
+def framework_versions(include_peft: bool = False) -> dict[str, str]:
+    import accelerate
+    import datasets
+    import huggingface_hub
+    import tokenizers
+    import torch
+    import transformers
+
+    from . import __version__
+
+    versions = {
+        "hf-semisup": __version__,
+        "Transformers": transformers.__version__,
+        "PyTorch": torch.__version__,
+        "Datasets": datasets.__version__,
+        "Accelerate": accelerate.__version__,
+        "huggingface_hub": huggingface_hub.__version__,
+        "Tokenizers": tokenizers.__version__,
+    }
+    if include_peft:
+        import peft
+
+        versions["PEFT"] = peft.__version__
+    versions["Python"] = platform.python_version()
+    return versions
+
+
+def _round_table(history: list[dict], eval_sets: dict) -> tuple[list[str], list[dict]]:
+    """Column names of the per-round eval metrics, and one row of formatted cells per round."""
+    columns = {}
+    for record in history:
+        for eval_name, metrics in _eval_metrics(record, eval_sets).items():
+            for metric in metrics:
+                columns.setdefault((eval_name, metric), _column_name(eval_name, metric))
+    rows = []
+    for record in history:
+        metrics = _eval_metrics(record, eval_sets)
+        rows.append(
+            {
+                "round": record["round"],
+                "threshold": _format(record.get("threshold")),
+                "num_pseudo_labels": record.get("num_pseudo_labels", 0),
+                "histogram": ", ".join(f"{k}: {v}" for k, v in record.get("pseudo_label_class_counts", {}).items()),
+                "pseudo_label_accuracy": _format(record.get("pseudo_label_accuracy")),
+                "metrics": [_format(metrics.get(name, {}).get(metric)) for name, metric in columns],
+            }
+        )
+    return list(columns.values()), rows
+
+
+def _eval_metrics(record: dict, eval_sets: dict) -> dict[str | None, dict[str, float]]:
+    """The quality metrics of a history record by eval set: `eval_<set>_<metric>` for a dict of eval sets."""
+    names = sorted((name for name in eval_sets if name), key=len, reverse=True)
+    grouped = {}
+    for key, value in record.items():
+        if not key.startswith("eval_") or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        eval_name, metric = None, key[len("eval_") :]
+        for name in names:
+            if metric.startswith(f"{name}_"):
+                eval_name, metric = name, metric[len(name) + 1 :]
+                break
+        if metric not in SPEED_METRICS:
+            grouped.setdefault(eval_name, {})[metric] = float(value)
+    return grouped
+
+
+def _eval_result(trainer, eval_name, data, metric, value, dataset_tags, dataset, dataset_args) -> EvalResult:
+    dataset_type = dataset_tags[0] if dataset_tags else _dataset_id(data) or "unknown"
+    default_name = eval_name or (dataset_type if dataset_type != "unknown" else "Unknown")
+    split = getattr(data, "split", None)
+    macro_f1 = metric == "f1" and trainer.compute_metrics is compute_classification_metrics
+    return EvalResult(
+        **TASK,
+        dataset_type=dataset_type,
+        dataset_name=dataset[0] if dataset else default_name,
+        dataset_config=dataset_args[0] if dataset_args else None,
+        dataset_split=str(split) if split is not None else None,
+        metric_type=metric,
+        metric_name="Macro F1" if macro_f1 else metric.replace("_", " ").capitalize(),
+        metric_args={"average": "macro"} if macro_f1 else None,
+        metric_value=value,
+    )
+
+
+# ---- Names ------------------------------------------------------------------------------------------------------------
+def _base_model_name(model) -> str:
+    if is_peft_model(model):
+        name = model.active_peft_config.base_model_name_or_path
+        return name or getattr(model.get_base_model().config, "_name_or_path", "") or ""
+    return getattr(model.config, "_name_or_path", "") or ""
+
+
+def _base_model_display(base_model_id: str | None, base_name: str, model) -> str:
+    if base_model_id:
+        return f"[{base_model_id}](https://huggingface.co/{base_model_id})"
+    if base_name:
+        return f"`{Path(base_name).name}` (a local checkpoint)"
+    base = model.get_base_model() if is_peft_model(model) else model
+    return f"a `{type(base).__name__}` built in memory"
+
+
+def _describe_adapter(model, peft_type: str) -> str:
+    config = model.active_peft_config
+    details = []
+    if getattr(config, "r", None) is not None:
+        details.append(f"r={config.r}")
+    if getattr(config, "lora_alpha", None) is not None:
+        details.append(f"alpha={config.lora_alpha}")
+    targets = getattr(config, "target_modules", None)
+    if isinstance(targets, (set, list, tuple)):
+        details.append("on " + ", ".join(f"`{t}`" for t in sorted(targets)))
+    trainable, total = model.get_nb_trainable_parameters()
+    return (
+        f"{peft_type}{' (' + ', '.join(details) + ')' if details else ''}; {trainable:,} of {total:,} parameters "
+        f"({100 * trainable / total:.2f}%) train, classification head included"
+    )
+
+
+def _hub_id(name: str | None) -> str | None:
+    """`name` if it can be a Hub model id, `None` for an empty name or a local path."""
+    if not name or os.path.isdir(name):
+        return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return name
+
+
+def _dataset_id(data) -> str | None:
+    info = getattr(data, "info", None)
+    name = getattr(info, "dataset_name", None) or getattr(info, "builder_name", None)
+    return name if name and name not in FILE_BUILDERS else None
+
+
+def _dataset_name(data) -> str:
+    hub_id = _dataset_id(data)
+    if hub_id:
+        return f"[{hub_id}](https://huggingface.co/datasets/{hub_id})"
+    builder = getattr(getattr(data, "info", None), "builder_name", None)
+    return f"local `{builder}` files" if builder else "in-memory `Dataset`"
+
+
+def _column_name(eval_name: str | None, metric: str) -> str:
+    return f"{eval_name} {metric}" if eval_name else f"Eval {metric}"
+
+
+def _format(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _is_empty(value) -> bool:
+    return value is None or value is False or (isinstance(value, (str, list, tuple, dict)) and len(value) == 0)
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)

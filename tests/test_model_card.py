@@ -1,0 +1,235 @@
+"""The model card: written on save, parseable, with valid `model-index` metadata and a table that matches the run."""
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import transformers
+import yaml
+from conftest import make_model, make_tokenizer, tiny_config, toy_dataset
+from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub.repocard_data import model_index_to_eval_results
+
+import hf_semisup
+from hf_semisup import SemiSupervisedTrainer
+from hf_semisup.model_card import TEMPLATE_PATH, build_model_card, non_default_hyperparameters
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SECRET = "hf_secret_token_never_in_a_card"
+
+
+@pytest.fixture(scope="module")
+def card_run(tmp_path_factory):
+    """A full-model run with 1 self-training round, keeping the best round by accuracy, saved to `output_dir`."""
+    root = tmp_path_factory.mktemp("card")
+    args = tiny_config(
+        root / "out",
+        self_training_rounds=1,
+        confidence_threshold=0.5,
+        class_balance=False,  # every prediction passes 0.5: round 1 always accepts pseudo-labels
+        num_train_epochs=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="accuracy",
+        hub_token=SECRET,
+    )
+    trainer = SemiSupervisedTrainer(
+        make_model(),
+        args,
+        train_dataset=toy_dataset(32, seed=0),
+        eval_dataset=toy_dataset(32, seed=2),
+        processing_class=make_tokenizer(str(root)),
+        unlabeled_dataset=toy_dataset(48, seed=1),
+    )
+    trainer.train()
+    trainer.save_model()
+    path = root / "out" / "README.md"
+    return SimpleNamespace(root=root, trainer=trainer, path=path, text=path.read_text(encoding="utf-8"))
+
+
+def markdown_table(text: str, heading: str) -> list[dict[str, str]]:
+    """The first table after `heading`, as one dict per row keyed by the header cells."""
+    lines = text.split(f"\n{heading}\n", 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    header, body = rows[0], rows[2:]
+    return [dict(zip(header, row, strict=True)) for row in body]
+
+
+def test_card_is_written_on_save_and_parses(card_run):
+    files = set(os.listdir(card_run.root / "out"))
+    assert {"README.md", "self_training_history.json", "model.safetensors"} <= files
+    card = ModelCard.load(card_run.path)
+    assert card.data.library_name == "transformers"
+    assert card.data.pipeline_tag == "text-classification"
+    assert {"semi-supervised", "hf-semisup", "text-classification"} <= set(card.data.tags)
+    assert "peft" not in card.data.tags
+
+
+def test_metadata_and_model_index_validate(card_run):
+    trainer = card_run.trainer
+    front_matter = card_run.text.split("---\n")[1]
+    metadata = yaml.safe_load(front_matter)
+    ModelCardData(**metadata)  # raises on a malformed model-index
+    model_name, results = model_index_to_eval_results(metadata["model-index"])
+    assert model_name == "out"
+    for entry in metadata["model-index"][0]["results"]:
+        assert entry["task"]["type"] == "text-classification"
+        assert entry["dataset"]["type"] and entry["dataset"]["name"]
+        assert all(isinstance(metric["value"], float) for metric in entry["metrics"])
+
+    # The results are those of the model that was kept: the best round by accuracy.
+    best = trainer.self_training_history[trainer.best_round]
+    assert {result.metric_type: result.metric_value for result in results} == {
+        "accuracy": best["eval_accuracy"],
+        "f1": best["eval_f1"],
+    }
+    assert metadata["metrics"] == ["accuracy", "f1"]
+    assert f"Final model: round {trainer.best_round}, the best round by `eval_accuracy`." in card_run.text
+
+
+def test_round_table_matches_history(card_run):
+    history = card_run.trainer.self_training_history
+    rows = markdown_table(card_run.text, "## Self-training rounds")
+    assert len(rows) == len(history) == 2
+    assert history[1]["num_pseudo_labels"] > 0 and history[1]["pseudo_label_accuracy"] is not None
+    for row, record in zip(rows, history):
+        assert int(row["Round"]) == record["round"]
+        assert float(row["Threshold"]) == pytest.approx(record["threshold"])
+        assert int(row["Pseudo-labels accepted"]) == record["num_pseudo_labels"]
+        histogram = dict(item.split(": ") for item in row["Class histogram"].split(", "))
+        assert {name: int(count) for name, count in histogram.items()} == record["pseudo_label_class_counts"]
+        if record.get("pseudo_label_accuracy") is None:
+            assert row["Pseudo-label accuracy"] == "-"
+        else:
+            assert float(row["Pseudo-label accuracy"]) == pytest.approx(record["pseudo_label_accuracy"], abs=5e-5)
+        for metric in ("loss", "accuracy", "f1"):
+            assert float(row[f"Eval {metric}"]) == pytest.approx(record[f"eval_{metric}"], abs=5e-5)
+        assert not any("runtime" in column or "per_second" in column for column in row)
+
+
+def test_card_describes_data_method_and_environment(card_run):
+    text, trainer = card_run.text, card_run.trainer
+    data = {row["Set"]: row for row in markdown_table(text, "## Training data")}
+    assert (data["Labeled"]["Examples"], data["Unlabeled"]["Examples"], data["Evaluation"]["Examples"]) == (
+        "32",
+        "48",
+        "32",
+    )
+    labels = trainer.labeled_dataset["labels"]
+    per_class = {
+        row["Class"]: int(row["Labeled examples"]) for row in markdown_table(text, "Labeled examples per class:")
+    }
+    assert per_class == {"negative": list(labels).count(0), "positive": list(labels).count(1)}
+    assert "top softmax probability is at least\n  0.5." in text
+    assert "each student starts from the initial weights" in text
+    assert f"- Transformers: {transformers.__version__}" in text
+    assert f"- PyTorch: {torch.__version__}" in text
+    assert f"- hf-semisup: {hf_semisup.__version__}" in text
+    assert 'pipeline("text-classification", model="out")' in text
+    assert "lee2013pseudolabel" in text and "xie2020noisystudent" in text and "hu2022lora" not in text
+    assert SECRET not in text
+
+
+def test_only_non_default_hyperparameters_are_listed(card_run):
+    expected = {
+        "learning_rate": 5e-3,
+        "seed": 0,
+        "num_train_epochs": 2,
+        "load_best_model_at_end": True,
+        "metric_for_best_model": "accuracy",
+        "greater_is_better": True,
+        "self_training_rounds": 1,
+        "confidence_threshold": 0.5,
+        "class_balance": False,
+    }
+    assert non_default_hyperparameters(card_run.trainer.args) == expected
+    section = card_run.text.split("## Training hyperparameters\n", 1)[1].split("\n## ", 1)[0]
+    listed = [line[2:].split(": ")[0] for line in section.splitlines() if line.startswith("- ")]
+    assert sorted(listed) == sorted(expected)
+
+
+def test_consistency_settings_and_citation_follow_the_config(card_run, monkeypatch):
+    args = card_run.trainer.args
+    monkeypatch.setattr(args, "consistency_weight", 0.3, raising=False)
+    monkeypatch.setattr(args, "token_dropout", 0.15, raising=False)
+    monkeypatch.setattr(args, "token_dropout_mode", "mask", raising=False)
+    text = str(build_model_card(card_run.trainer))
+    assert "**Consistency regularization:** weight 0.3" in text and "token dropout 0.15 (mask mode)" in text
+    assert "xie2020uda" in text
+    monkeypatch.setattr(args, "consistency_weight", 0.0)
+    text = str(build_model_card(card_run.trainer))
+    assert "**Consistency regularization:** off (weight 0" in text and "xie2020uda" not in text
+
+
+def test_card_arguments_reach_the_metadata(card_run):
+    card = build_model_card(
+        card_run.trainer, language="en", license="apache-2.0", tags="movies", dataset_tags="imdb", dataset="IMDb"
+    )
+    assert (card.data.language, card.data.license, card.data.datasets) == ("en", "apache-2.0", ["imdb"])
+    assert "movies" in card.data.tags
+    assert {(r.dataset_type, r.dataset_name) for r in card.data.eval_results} == {("imdb", "IMDb")}
+
+
+def test_history_file_matches_history(card_run):
+    saved = json.loads((card_run.root / "out" / "self_training_history.json").read_text())
+    assert saved == json.loads(json.dumps(card_run.trainer.self_training_history))
+
+
+def test_card_only_on_main_process(card_run, monkeypatch):
+    trainer = card_run.trainer
+    monkeypatch.setattr(trainer, "is_world_process_zero", lambda: False)
+    output_dir = card_run.root / "replica"
+    trainer.save_model(str(output_dir))
+    files = set(os.listdir(output_dir))
+    assert "model.safetensors" in files
+    assert not files & {"README.md", "self_training_history.json"}
+    before = card_run.path.stat().st_mtime_ns
+    trainer.create_model_card(model_name="other")
+    assert card_run.path.stat().st_mtime_ns == before
+
+
+def test_card_before_training_has_no_results(tmp_path):
+    trainer = SemiSupervisedTrainer(
+        make_model(),
+        tiny_config(tmp_path / "out", self_training_rounds=0),
+        train_dataset=toy_dataset(16),
+        processing_class=make_tokenizer(str(tmp_path)),
+    )
+    trainer.save_model()
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert card.data.eval_results is None
+    assert "Supervised fine-tuning on the labeled set (no self-training rounds)." in card.text
+    assert "No evaluation set was given." in card.text
+
+
+def test_template_is_shipped_in_the_package_and_mirrored_at_the_root():
+    packaged = Path(hf_semisup.__file__).parent / "model_cards" / "model_card_template.md"
+    assert TEMPLATE_PATH == packaged and packaged.is_file()
+    assert (REPO_ROOT / "model_cards" / "model_card_template.md").read_bytes() == packaged.read_bytes()
+
+
+def test_round_table_splits_metrics_of_several_eval_sets():
+    from hf_semisup.model_card import _round_table
+
+    record = {
+        "round": 0,
+        "threshold": 0.9,
+        "num_pseudo_labels": 0,
+        "pseudo_label_class_counts": {"a": 0, "b": 0},
+        "eval_test_accuracy": 0.75,
+        "eval_test_runtime": 1.0,
+        "eval_test_hard_accuracy": 0.5,
+        "eval_test_hard_samples_per_second": 9.0,
+        "train_loss": 0.3,
+    }
+    columns, rows = _round_table([record], {"test": None, "test_hard": None})
+    assert columns == ["test accuracy", "test_hard accuracy"]
+    assert rows[0]["metrics"] == ["0.7500", "0.5000"]
