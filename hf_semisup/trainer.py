@@ -337,7 +337,7 @@ class SemiSupervisedTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = inputs.pop(CONSISTENCY_KEY, None)
-        if batch is None or not model.training:
+        if batch is None:  # evaluation, or the loss is off
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         return self.consistency.loss(model, inputs, batch, return_outputs=return_outputs)
 
