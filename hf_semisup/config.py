@@ -4,6 +4,8 @@ from transformers import TrainingArguments
 
 
 STUDENT_INITS = ("continue", "reset")
+TOKEN_DROPOUT_MODES = ("mask", "delete")
+CONSISTENCY_LOSSES = ("kl", "mse")
 
 
 @dataclass
@@ -14,6 +16,11 @@ class SemiSupervisedConfig(TrainingArguments):
     Training runs in rounds. Round 0 fits the model on the labeled set. Each later round, the current model (the
     teacher) labels the unlabeled pool, the confident predictions are kept, and a student trains on labeled +
     pseudo-labeled data and becomes the next teacher.
+
+    With `consistency_weight > 0`, every training step also draws a batch of unlabeled texts, drops some of their tokens,
+    and pulls the model's prediction on the dropped text toward its prediction on the clean text (UDA-style consistency
+    regularization, with token dropout instead of back-translation). This works in every round, and on its own with
+    `self_training_rounds=0`.
 
     Parameters:
         > Self-training
@@ -35,6 +42,33 @@ class SemiSupervisedConfig(TrainingArguments):
             the majority class.
         max_pseudo_labels (`int` or `None`, *optional*, defaults to `None`):
             Largest number of pseudo-labels accepted per round (the most confident ones). `None` means no cap.
+
+        > Consistency
+
+        consistency_weight (`float`, *optional*, defaults to `0.0`):
+            Weight lambda of the consistency loss added to the supervised loss. `0` turns it off and adds no cost.
+        token_dropout (`float`, *optional*, defaults to `0.15`):
+            Probability that each token of an unlabeled text is dropped in the noised copy, in [0, 1). Special tokens
+            (CLS, SEP, padding and any other special token) are never dropped.
+        token_dropout_mode (`str`, *optional*, defaults to `"mask"`):
+            `"mask"` replaces a dropped token by the tokenizer's mask token (its unknown token when it has none);
+            `"delete"` removes it and re-pads the batch.
+        consistency_loss (`str`, *optional*, defaults to `"kl"`):
+            Divergence between the clean-text target and the prediction on the dropped text: `"kl"` (KL(target ||
+            prediction)) or `"mse"` (squared distance between the probability vectors). Computed in float32.
+        consistency_temperature (`float`, *optional*, defaults to `1.0`):
+            The clean-text target is `softmax(logits / temperature)`: below 1 sharpens it (UDA uses 0.4).
+        consistency_confidence (`float`, *optional*, defaults to `0.0`):
+            Only unlabeled examples whose clean-text top probability reaches this value contribute, in [0, 1].
+        consistency_rampup_steps (`int`, *optional*, defaults to `0`):
+            Lambda rises linearly from 0 to `consistency_weight` over this many optimizer steps of each round. `0`
+            uses the full weight from the first step.
+        unlabeled_batch_ratio (`float`, *optional*, defaults to `1.0`):
+            mu: unlabeled examples per labeled example in a step, per device (`round(mu *
+            per_device_train_batch_size)`, at least 1).
+
+        The consistency defaults are neutral (no sharpening, no confidence mask, no ramp) and were not tuned on the
+        benchmark; `consistency_weight` stays `0` so the loss is opt-in.
 
         > Data
 
@@ -85,6 +119,49 @@ class SemiSupervisedConfig(TrainingArguments):
         metadata={"help": "Largest number of pseudo-labels accepted per round (the most confident). None: no cap."},
     )
 
+    # Consistency
+    consistency_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight lambda of the token-dropout consistency loss, >= 0. 0 turns it off (no cost)."},
+    )
+    token_dropout: float = field(
+        default=0.15,
+        metadata={"help": "Probability of dropping each non-special token of an unlabeled text, in [0, 1)."},
+    )
+    token_dropout_mode: str = field(
+        default="mask",
+        metadata={
+            "help": "'mask' (replace by the mask token, or unk when there is none) or 'delete' (remove and re-pad).",
+            "choices": list(TOKEN_DROPOUT_MODES),
+        },
+    )
+    consistency_loss: str = field(
+        default="kl",
+        metadata={
+            "help": "Divergence between the clean-text target and the dropped-text prediction: 'kl' or 'mse' (on "
+            "probabilities).",
+            "choices": list(CONSISTENCY_LOSSES),
+        },
+    )
+    consistency_temperature: float = field(
+        default=1.0,
+        metadata={"help": "The clean-text target is softmax(logits / temperature), > 0; below 1 sharpens it."},
+    )
+    consistency_confidence: float = field(
+        default=0.0,
+        metadata={
+            "help": "Only unlabeled examples whose clean-text top probability reaches this contribute, in [0, 1]."
+        },
+    )
+    consistency_rampup_steps: int = field(
+        default=0,
+        metadata={"help": "Lambda rises linearly from 0 to `consistency_weight` over this many steps of each round."},
+    )
+    unlabeled_batch_ratio: float = field(
+        default=1.0,
+        metadata={"help": "mu: unlabeled examples per labeled example in a step (per device), > 0."},
+    )
+
     # Data
     text_column: str = field(default="text", metadata={"help": "Column holding the input text."})
     label_column: str = field(
@@ -125,3 +202,36 @@ class SemiSupervisedConfig(TrainingArguments):
                 f"`save_merged_model`=True is not supported with DeepSpeed or FSDP (got `deepspeed`={self.deepspeed!r},"
                 f" `fsdp`={self.fsdp!r}): save the adapter, then merge it with `merge_and_unload()`."
             )
+        self._validate_consistency()
+
+    def _validate_consistency(self):
+        # `not low <= x` rather than `x < low`, so that NaN is rejected too.
+        if not _is_number(self.consistency_weight) or not self.consistency_weight >= 0.0:
+            raise ValueError(f"`consistency_weight` must be a number >= 0, got {self.consistency_weight!r}.")
+        if not _is_number(self.token_dropout) or not 0.0 <= self.token_dropout < 1.0:
+            raise ValueError(f"`token_dropout` must be in the half-open interval [0, 1), got {self.token_dropout!r}.")
+        if self.token_dropout_mode not in TOKEN_DROPOUT_MODES:
+            raise ValueError(
+                f"`token_dropout_mode` must be one of {TOKEN_DROPOUT_MODES}, got {self.token_dropout_mode!r}."
+            )
+        if self.consistency_loss not in CONSISTENCY_LOSSES:
+            raise ValueError(f"`consistency_loss` must be one of {CONSISTENCY_LOSSES}, got {self.consistency_loss!r}.")
+        if not _is_number(self.consistency_temperature) or not 0.0 < self.consistency_temperature < float("inf"):
+            raise ValueError(
+                f"`consistency_temperature` must be a finite number > 0, got {self.consistency_temperature!r}."
+            )
+        if not _is_number(self.consistency_confidence) or not 0.0 <= self.consistency_confidence <= 1.0:
+            raise ValueError(
+                f"`consistency_confidence` must be in the closed interval [0, 1], got {self.consistency_confidence!r}."
+            )
+        rampup = self.consistency_rampup_steps
+        if not _is_number(rampup) or not isinstance(rampup, int) or rampup < 0:
+            raise ValueError(f"`consistency_rampup_steps` must be an integer >= 0, got {rampup!r}.")
+        if not _is_number(self.unlabeled_batch_ratio) or not 0.0 < self.unlabeled_batch_ratio < float("inf"):
+            raise ValueError(
+                f"`unlabeled_batch_ratio` must be a finite number > 0, got {self.unlabeled_batch_ratio!r}."
+            )
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -21,6 +21,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .adapters import is_peft_model, load_trainable_state, prepare_peft_model, save_merged_model, trainable_state
 from .config import SemiSupervisedConfig
+from .consistency import CONSISTENCY_KEY, ConsistencyRegularizer
 from .data import LENGTH_COLUMN, has_default_label_names, label_names_of, prepare_dataset
 from .metrics import accuracy, compute_classification_metrics
 from .model_card import write_model_card
@@ -41,6 +42,9 @@ class SemiSupervisedTrainer(Trainer):
     current model (the teacher) labels `unlabeled_dataset`, the confident predictions are selected (see
     [`SemiSupervisedConfig`]), and a student trains on labeled + selected rows and becomes the next teacher.
 
+    With `args.consistency_weight > 0`, every step of every round also adds a token-dropout consistency loss on a batch
+    of `unlabeled_dataset` (see [`~hf_semisup.consistency.ConsistencyRegularizer`]).
+
     Args:
         model (`PreTrainedModel`, `torch.nn.Module`, [`~peft.PeftModel`] or `str`):
             The classifier, or a name or path loaded with `AutoModelForSequenceClassification.from_pretrained` (its
@@ -60,7 +64,8 @@ class SemiSupervisedTrainer(Trainer):
             Defaults to accuracy and macro-F1.
         unlabeled_dataset ([`~datasets.Dataset`], *optional*):
             The unlabeled pool, raw or tokenized. A label column in it is never trained on; it only feeds the
-            `pseudo_label_accuracy` diagnostic. Required when `args.self_training_rounds > 0`.
+            `pseudo_label_accuracy` diagnostic. Required when `args.self_training_rounds > 0` or
+            `args.consistency_weight > 0`.
         peft_config ([`~peft.PeftConfig`], *optional*):
             Wrap `model` with this adapter, e.g. `LoraConfig(task_type="SEQ_CLS", r=8)`: only the adapter and the
             classification head train, the base stays frozen, and pseudo-labels come from the adapted model. With
@@ -97,9 +102,16 @@ class SemiSupervisedTrainer(Trainer):
         args = self._resolve_args(args, model)
         if train_dataset is None:
             raise ValueError("`train_dataset` (the labeled set) is required.")
-        if args.self_training_rounds > 0 and unlabeled_dataset is None:
+        uses_pool = args.self_training_rounds > 0 or args.consistency_weight > 0
+        if uses_pool and unlabeled_dataset is None:
             raise ValueError(
-                f"`unlabeled_dataset` is required when `self_training_rounds` > 0 (got {args.self_training_rounds})."
+                "`unlabeled_dataset` is required when `self_training_rounds` > 0 or `consistency_weight` > 0 (got "
+                f"self_training_rounds={args.self_training_rounds}, consistency_weight={args.consistency_weight})."
+            )
+        if args.consistency_weight > 0 and compute_loss_func is not None:
+            raise ValueError(
+                f"`compute_loss_func` cannot be combined with `consistency_weight`={args.consistency_weight}: the "
+                "consistency loss computes the supervised cross-entropy itself."
             )
 
         # Processing class
@@ -137,7 +149,7 @@ class SemiSupervisedTrainer(Trainer):
                 eval_dataset = self._prepare_eval(eval_dataset, prepare)
             self.unlabeled_source = unlabeled_dataset
             self.unlabeled_dataset, self.unlabeled_gold_labels = None, None
-            if unlabeled_dataset is not None and (args.self_training_rounds > 0 or len(unlabeled_dataset) > 0):
+            if unlabeled_dataset is not None and (uses_pool or len(unlabeled_dataset) > 0):
                 self.unlabeled_dataset, self.unlabeled_gold_labels = prepare_dataset(
                     unlabeled_dataset, name="unlabeled set (`unlabeled_dataset`)", labels="hide", add_length=True,
                     **prepare,
@@ -164,6 +176,18 @@ class SemiSupervisedTrainer(Trainer):
             optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
+
+        # Consistency
+        self.consistency = None
+        if args.consistency_weight > 0:
+            if self.model.config.num_labels < 2:
+                raise ValueError(
+                    f"`consistency_weight` > 0 needs a classifier with >= 2 labels, got `num_labels`="
+                    f"{self.model.config.num_labels}."
+                )
+            self.consistency = ConsistencyRegularizer(
+                args, self.unlabeled_dataset, self.processing_class, self.accelerator
+            )
 
         # Self-training state
         self._user_optimizers = optimizers[0] is not None
@@ -313,6 +337,32 @@ class SemiSupervisedTrainer(Trainer):
         if pseudo.features != self.labeled_dataset.features:
             pseudo = pseudo.cast(self.labeled_dataset.features)
         return datasets.concatenate_datasets([self.labeled_dataset, pseudo])
+
+    # ---- Consistency hooks ------------------------------------------------------------------------------------------
+    @property
+    def loss_is_scaled_for_ga(self) -> bool | None:
+        # The consistency loss normalizes both terms over the whole accumulated batch itself.
+        return True if getattr(self, "consistency", None) is not None else None
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.consistency is not None and batch_samples:
+            self.consistency.prepare_step(
+                batch_samples, self.model, self.state.global_step, self.current_round, device
+            )
+        return batch_samples, num_items_in_batch
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        batch = inputs.pop(CONSISTENCY_KEY, None)
+        if batch is None:  # evaluation, or the loss is off
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        return self.consistency.loss(model, inputs, batch, return_outputs=return_outputs)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Only training logs (they carry "loss") fold the metrics in: every process logs those at the same step.
+        if self.consistency is not None and "loss" in logs:
+            logs.update(self.consistency.pop_metrics())
+        super().log(logs, start_time)
 
     # ---- Round loop ---------------------------------------------------------------------------------------------------
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
