@@ -167,7 +167,7 @@ class _ShardResults:
         if accelerator.num_processes > 1:
             # Shards differ in size (by a row per chunk at most): pad with index -1, gather, and drop the padding.
             local = accelerator.gather(accelerator.pad_across_processes(local, dim=0, pad_index=-1))
-        gathered = {name: tensor.cpu().numpy() for name, tensor in local.items()}
+        gathered = {name: tensor.detach().cpu().numpy() for name, tensor in local.items()}
         keep = gathered["index"] >= 0
         order = gathered["index"][keep]
         if len(order) != num_rows or np.bincount(order, minlength=num_rows).max(initial=0) > 1:

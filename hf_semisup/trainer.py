@@ -165,6 +165,11 @@ class SemiSupervisedTrainer(Trainer):
             optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
+        # Sequence classifiers take `**kwargs` but average their loss over their own batch, ignoring
+        # `num_items_in_batch`: told they accept loss kwargs, `Trainer` multiplies that loss by the world size, which
+        # doubles the logged loss and changes gradient clipping at 2 processes.
+        if compute_loss_func is None:
+            self.model_accepts_loss_kwargs = False
 
         # Self-training state
         if args.pseudo_label_top_k > self.model.config.num_labels:

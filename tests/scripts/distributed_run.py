@@ -31,7 +31,7 @@ def build_trainer(out_dir, unlabeled, eval_dataset=None, model=None, **config):
     return SemiSupervisedTrainer(
         model=model if model is not None else make_model(seed=0),
         args=tiny_config(os.path.join(out_dir, "output"), **defaults),
-        train_dataset=toy_dataset(24, seed=1),
+        train_dataset=toy_dataset(48, seed=1),
         eval_dataset=eval_dataset,
         processing_class=make_tokenizer(tokenizer_dir),
         unlabeled_dataset=unlabeled,
@@ -59,7 +59,7 @@ def label(out_dir) -> dict:
 
 def train(out_dir) -> dict:
     """Two rounds of self-training; records the history, the files this process wrote and the final weights."""
-    from conftest import toy_dataset
+    from conftest import make_model, toy_dataset
 
     written = []
     replace = os.replace
@@ -75,9 +75,13 @@ def train(out_dir) -> dict:
             out_dir,
             pool,
             eval_dataset=toy_dataset(20, seed=3),
+            # Varied, confident predictions after a few steps, so every round selects pseudo-labels.
+            model=make_model(seed=2, initializer_range=0.5),
             self_training_rounds=2,
             confidence_threshold=0.6,
-            num_train_epochs=2,
+            class_balance=False,
+            max_pseudo_labels=40,
+            num_train_epochs=4,
             per_device_train_batch_size=4,
             eval_strategy="no",
         )
