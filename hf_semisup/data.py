@@ -219,3 +219,22 @@ def take_from_stream(
         if os.path.exists(tmp):
             os.remove(tmp)
     return datasets.Dataset.from_file(path)
+
+
+def pseudo_labeled_rows(pool, labels: np.ndarray, selected: np.ndarray, stream_cache: str, write: bool = True):
+    """
+    The `selected` rows of a tokenized pool with their pseudo-label from `labels` in a `labels` column, memory-mapped
+    when the pool is: a `Dataset` pool's rows are flattened by `datasets` into a cache file beside the pool's; an
+    `IterableDataset` pool is read again and its rows written, when `write`, to `stream_cache` (the other processes
+    only map that file, so call it on the writer first).
+    """
+    if isinstance(pool, datasets.IterableDataset):
+        wanted = np.full(len(labels), -1, dtype=np.int64)
+        wanted[selected] = labels[selected]
+        if write:
+            take_from_stream(pool, wanted, stream_cache)
+        return datasets.Dataset.from_file(stream_cache)
+    rows = pool.select(selected)
+    if LENGTH_COLUMN in rows.column_names:
+        rows = rows.remove_columns(LENGTH_COLUMN)
+    return rows.add_column("labels", labels[selected])

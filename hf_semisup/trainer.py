@@ -19,14 +19,7 @@ from transformers import (
 )
 
 from .config import SemiSupervisedConfig
-from .data import (
-    LENGTH_COLUMN,
-    has_default_label_names,
-    label_names_of,
-    prepare_dataset,
-    prepare_stream,
-    take_from_stream,
-)
+from .data import has_default_label_names, label_names_of, prepare_dataset, prepare_stream, pseudo_labeled_rows
 from .metrics import accuracy, compute_classification_metrics
 from .pseudo_labeling import PseudoLabels, predict_pool, save_pseudo_labels, select_pseudo_labels
 
@@ -351,19 +344,15 @@ class SemiSupervisedTrainer(Trainer):
         if len(selected) == 0:
             logger.warning(f"Round {record['round']}: no pseudo-label passed the selection; training on labeled data.")
             return self.labeled_dataset
-        # The main process writes the selected rows (to a cache file when the pool is memory-mapped), the others
-        # then read them: a single writer, and no process holds the selected rows in memory.
+        # The main process writes the selected rows to a cache file first, the others then map it.
         with self.args.main_process_first(desc="pseudo-labeled train set"):
-            if isinstance(self.unlabeled_dataset, datasets.IterableDataset):
-                wanted = np.full(len(labels), -1, dtype=np.int64)
-                wanted[selected] = labels[selected]
-                path = os.path.join(labels_dir, "cache", f"round-{record['round']}-train.arrow")
-                if self.accelerator.is_local_main_process:
-                    take_from_stream(self.unlabeled_dataset, wanted, path)
-                pseudo = datasets.Dataset.from_file(path)
-            else:
-                pseudo = self.unlabeled_dataset.select(selected).remove_columns(LENGTH_COLUMN)
-                pseudo = pseudo.add_column("labels", labels[selected])
+            pseudo = pseudo_labeled_rows(
+                self.unlabeled_dataset,
+                labels,
+                selected,
+                stream_cache=os.path.join(labels_dir, "cache", f"round-{record['round']}-train.arrow"),
+                write=self.accelerator.is_local_main_process,
+            )
             if pseudo.features != self.labeled_dataset.features:
                 pseudo = pseudo.cast(self.labeled_dataset.features)
         return datasets.concatenate_datasets([self.labeled_dataset, pseudo])
