@@ -105,10 +105,12 @@ def load_pseudo_labels(path: str) -> tuple[PseudoLabels, np.ndarray | None]:
 
 
 def row_lengths(dataset: datasets.Dataset) -> np.ndarray:
-    """Tokens per row of a tokenized dataset, read straight from Arrow (a small int per row, no Python objects)."""
+    """Tokens per row of a tokenized dataset, read straight from Arrow: an `int32` per row, no Python objects."""
     if LENGTH_COLUMN in dataset.column_names:
-        return dataset.with_format("arrow")[LENGTH_COLUMN].to_numpy().astype(np.int64)
-    return pc.list_value_length(dataset.with_format("arrow")["input_ids"]).to_numpy().astype(np.int64)
+        lengths = dataset.with_format("arrow")[LENGTH_COLUMN]
+    else:
+        lengths = pc.list_value_length(dataset.with_format("arrow")["input_ids"])
+    return pc.cast(lengths, pa.int32()).to_numpy()
 
 
 def length_sorted_shard(lengths: np.ndarray, rank: int, world_size: int) -> np.ndarray:
@@ -130,14 +132,26 @@ def _eval_mode(model):
         model.train(was_training)
 
 
+# Per-batch results are merged into one array every this many batches: thousands of tiny arrays would cost more in
+# allocator overhead than the numbers they hold.
+MERGE_EVERY_BATCHES = 64
+
+
 class _ShardResults:
-    """What one process predicts for its rows, kept as small tensors until the single gather at the end."""
+    """What one process predicts for its rows, kept on the CPU as a few numpy arrays until the single gather."""
 
     def __init__(self, accelerator, top_k: int):
         self.accelerator, self.top_k = accelerator, top_k
-        self.parts: dict[str, list[torch.Tensor]] = {"index": [], "label": [], "confidence": []}
-        if top_k:
-            self.parts.update(top_k_labels=[], top_k_probabilities=[])
+        names = ["index", "label", "confidence"] + (["top_k_labels", "top_k_probabilities"] if top_k else [])
+        self.merged: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        self.pending: dict[str, list[np.ndarray]] = {name: [] for name in names}
+
+    def _add(self, values: dict[str, np.ndarray]):
+        for name, array in values.items():
+            self.pending[name].append(array)
+            if len(self.pending[name]) >= MERGE_EVERY_BATCHES:
+                self.merged[name].append(np.concatenate(self.pending[name]))
+                self.pending[name] = []
 
     def predict(self, model, collator, features: list[dict], rows: np.ndarray):
         device = self.accelerator.device
@@ -146,38 +160,45 @@ class _ShardResults:
             logits = model(**inputs).logits
         probabilities = torch.softmax(logits.float(), dim=-1)
         confidence, label = probabilities.max(dim=-1)
-        self.parts["index"].append(torch.as_tensor(rows, dtype=torch.long, device=device))
-        self.parts["label"].append(label)
-        self.parts["confidence"].append(confidence)
+        values = {"index": np.asarray(rows, dtype=np.int64), "label": label, "confidence": confidence}
         if self.top_k:
             top = probabilities.topk(self.top_k, dim=-1)
-            self.parts["top_k_labels"].append(top.indices)
-            self.parts["top_k_probabilities"].append(top.values)
+            values.update(top_k_labels=top.indices, top_k_probabilities=top.values)
+        self._add({k: v if isinstance(v, np.ndarray) else v.detach().cpu().numpy() for k, v in values.items()})
 
     def gather(self, num_rows: int) -> PseudoLabels:
         """Gather every process's rows and put them in pool order; each row must come back exactly once."""
         accelerator = self.accelerator
+        # Each array is released as soon as it is copied on: a pass holds about two copies of its results at most.
         local = {}
-        for name, parts in self.parts.items():
+        for name in list(self.merged):
+            parts = self.merged.pop(name) + self.pending.pop(name)
             empty_shape = (0, self.top_k) if name.startswith("top_k") else (0,)
-            dtype = torch.float if name.endswith(("confidence", "probabilities")) else torch.long
-            local[name] = (
-                torch.cat(parts) if parts else torch.zeros(empty_shape, dtype=dtype, device=accelerator.device)
-            )
+            dtype = np.float32 if name.endswith(("confidence", "probabilities")) else np.int64
+            local[name] = np.concatenate(parts) if parts else np.zeros(empty_shape, dtype=dtype)
+            del parts
         if accelerator.num_processes > 1:
             # Shards differ in size (by a row per chunk at most): pad with index -1, gather, and drop the padding.
+            local = {name: torch.from_numpy(array).to(accelerator.device) for name, array in local.items()}
             local = accelerator.gather(accelerator.pad_across_processes(local, dim=0, pad_index=-1))
-        gathered = {name: tensor.detach().cpu().numpy() for name, tensor in local.items()}
-        keep = gathered["index"] >= 0
-        order = gathered["index"][keep]
-        if len(order) != num_rows or np.bincount(order, minlength=num_rows).max(initial=0) > 1:
+            local = {name: tensor.cpu().numpy() for name, tensor in local.items()}
+        order = local.pop("index")
+        keep = order >= 0 if accelerator.num_processes > 1 else None
+        if keep is not None:
+            order = order[keep]
+        seen = np.zeros(num_rows, dtype=bool)
+        seen[order[order < num_rows]] = True
+        if len(order) != num_rows or not seen.all():
             raise RuntimeError(
                 f"Pseudo-labeling gathered {len(order)} rows ({len(np.unique(order))} distinct) for a pool of "
                 f"{num_rows}."
             )
+        del seen
 
         def in_pool_order(name, dtype):
-            values = gathered[name][keep]
+            values = local.pop(name)
+            if keep is not None:
+                values = values[keep]
             out = np.empty((num_rows, *values.shape[1:]), dtype=dtype)
             out[order] = values
             return out
