@@ -70,6 +70,15 @@ class SemiSupervisedConfig(TrainingArguments):
         The consistency defaults are neutral (no sharpening, no confidence mask, no ramp) and were not tuned on the
         benchmark; `consistency_weight` stays `0` so the loss is opt-in.
 
+        > Pseudo-labeling pass
+
+        pseudo_label_top_k (`int`, *optional*, defaults to `0`):
+            Also keep each row's `k` most probable classes and their probabilities, in [`SemiSupervisedTrainer.pseudo_label`]
+            and the per-round files. `0` keeps only the argmax class and its probability.
+        save_pseudo_labels (`bool`, *optional*, defaults to `True`):
+            Each round, write every pool row's index, pseudo-label, confidence (and top-k) and whether it was selected
+            to `<output_dir>/pseudo_labels/round-{r}.parquet`, from the main process only, for inspection and reuse.
+
         > Data
 
         text_column (`str`, *optional*, defaults to `"text"`):
@@ -162,6 +171,22 @@ class SemiSupervisedConfig(TrainingArguments):
         metadata={"help": "mu: unlabeled examples per labeled example in a step (per device), > 0."},
     )
 
+    # Pseudo-labeling pass
+    pseudo_label_top_k: int = field(
+        default=0,
+        metadata={
+            "help": "Also keep each row's k most probable classes and their probabilities (in pseudo_label() and the "
+            "per-round files). 0: only the argmax class."
+        },
+    )
+    save_pseudo_labels: bool = field(
+        default=True,
+        metadata={
+            "help": "Write each round's per-row index, pseudo-label, confidence (and top-k) and selection to "
+            "<output_dir>/pseudo_labels/round-{r}.parquet (main process only)."
+        },
+    )
+
     # Data
     text_column: str = field(default="text", metadata={"help": "Column holding the input text."})
     label_column: str = field(
@@ -194,6 +219,10 @@ class SemiSupervisedConfig(TrainingArguments):
             raise ValueError(f"`max_pseudo_labels` must be None or an integer >= 1, got {self.max_pseudo_labels!r}.")
         if self.student_init not in STUDENT_INITS:
             raise ValueError(f"`student_init` must be one of {STUDENT_INITS}, got {self.student_init!r}.")
+        if isinstance(self.pseudo_label_top_k, bool) or not isinstance(self.pseudo_label_top_k, int):
+            raise ValueError(f"`pseudo_label_top_k` must be an integer >= 0, got {self.pseudo_label_top_k!r}.")
+        if self.pseudo_label_top_k < 0:
+            raise ValueError(f"`pseudo_label_top_k` must be an integer >= 0, got {self.pseudo_label_top_k!r}.")
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"`max_length` must be None or an integer >= 2, got {self.max_length!r}.")
         if self.save_merged_model and (self.deepspeed or self.fsdp):

@@ -1,7 +1,10 @@
 """Validation, label mapping and tokenization of the labeled, unlabeled and eval datasets."""
 
+import os
+
 import datasets
 import numpy as np
+from datasets.fingerprint import Hasher
 
 
 MODEL_INPUT_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
@@ -83,6 +86,7 @@ def prepare_dataset(
     max_length: int | None,
     labels: str = "train",
     add_length: bool = False,
+    cache_dir: str | None = None,
 ):
     """
     Check a raw or tokenized dataset and return it tokenized, with integer labels in a `labels` column.
@@ -93,6 +97,10 @@ def prepare_dataset(
             dropped from the returned dataset (an unlabeled pool); `"keep"`: like `"train"` but optional.
         add_length (`bool`):
             Add a `length` column (tokens per row) used to sort rows by length when labeling.
+        cache_dir (`str`, *optional*):
+            Where to write the tokenized rows of a dataset held in memory, so they are memory-mapped from an Arrow
+            file instead of held in RAM (a file-backed dataset is cached beside its own files by `datasets`). The
+            file name hashes the dataset and the tokenization, so a later call, e.g. from another process, reuses it.
 
     Returns:
         `(dataset, gold)`: the prepared dataset and, when `labels="hide"` and the pool carries labels, the hidden
@@ -123,11 +131,17 @@ def prepare_dataset(
     if labels == "hide" and label_ids is not None:
         gold = np.asarray(label_ids, dtype=np.int64)
 
+    cache = {}
+    if cache_dir is not None and not dataset.cache_files:
+        key = Hasher.hash([dataset._fingerprint, tokenizer, text_column, max_length, add_length, tokenized])
+        cache = {"cache_file_name": os.path.join(cache_dir, f"tokenized-{key}.arrow"), "new_fingerprint": key}
+        os.makedirs(cache_dir, exist_ok=True)
+
     if tokenized:
         keep = [c for c in dataset.column_names if c in MODEL_INPUT_COLUMNS]
         dataset = dataset.select_columns(keep)
         if add_length and LENGTH_COLUMN not in dataset.column_names:
-            dataset = dataset.map(lambda b: {LENGTH_COLUMN: [len(x) for x in b["input_ids"]]}, batched=True)
+            dataset = dataset.map(lambda b: {LENGTH_COLUMN: [len(x) for x in b["input_ids"]]}, batched=True, **cache)
     else:
         if max_length is None:
             max_length = min(tokenizer.model_max_length, 1_000_000)
@@ -139,7 +153,7 @@ def prepare_dataset(
             return encoded
 
         dataset = dataset.map(
-            tokenize, batched=True, remove_columns=dataset.column_names, desc=f"Tokenizing the {name}"
+            tokenize, batched=True, remove_columns=dataset.column_names, desc=f"Tokenizing the {name}", **cache
         )
 
     if labels != "hide" and label_ids is not None:
@@ -170,3 +184,84 @@ def sample_labeled_per_class(dataset, num_per_class: int, label_column: str, see
     chosen = sorted(chosen)
     rest = np.setdiff1d(np.arange(len(dataset)), chosen)
     return dataset.select(chosen), dataset.select(rest)
+
+
+def prepare_stream(
+    dataset: datasets.IterableDataset, tokenizer, *, name: str, text_column: str, max_length: int | None
+):
+    """
+    An `IterableDataset` pool, tokenized lazily as it is read (nothing is read here). A label column, if any, is
+    ignored: a streamed pool gives no `pseudo_label_accuracy` diagnostic.
+    """
+    column_names = dataset.column_names
+    if column_names is not None and "input_ids" in column_names:
+        return dataset.select_columns([c for c in column_names if c in MODEL_INPUT_COLUMNS])
+    if column_names is not None:
+        check_column(dataset, text_column, name, "text_column")
+    if max_length is None:
+        max_length = min(tokenizer.model_max_length, 1_000_000)
+
+    def tokenize(batch):
+        if "input_ids" in batch:
+            return {}
+        if text_column not in batch:
+            raise ValueError(f"The {name} has no column {text_column!r} (set by `text_column`); it has {list(batch)}.")
+        for value in batch[text_column]:
+            if not isinstance(value, str):
+                raise ValueError(
+                    f"The {name}'s text column {text_column!r} must hold strings, but holds {value!r} "
+                    f"({type(value).__name__})."
+                )
+        return tokenizer(batch[text_column], truncation=True, max_length=max_length)
+
+    return dataset.map(tokenize, batched=True)
+
+
+def take_from_stream(
+    stream: datasets.IterableDataset, labels: np.ndarray, path: str, features=None
+) -> datasets.Dataset:
+    """
+    The rows of a tokenized stream whose entry in `labels` is >= 0, with that label in a `labels` column, in stream
+    order. They are written to an Arrow file at `path` (through a temporary file and a rename) as the stream is read,
+    and memory-mapped from it, so no more than a chunk is ever held in memory.
+    """
+    from datasets.arrow_writer import ArrowWriter
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    offset = 0
+    try:
+        with ArrowWriter(features=features, path=tmp) as writer:
+            for chunk in stream.iter(batch_size=1000):
+                size = len(chunk["input_ids"])
+                rows = np.flatnonzero(labels[offset : offset + size] >= 0)
+                if len(rows):
+                    batch = {k: [v[i] for i in rows] for k, v in chunk.items() if k in MODEL_INPUT_COLUMNS}
+                    batch["labels"] = labels[offset + rows].tolist()
+                    writer.write_batch(batch)
+                offset += size
+            writer.finalize()
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return datasets.Dataset.from_file(path)
+
+
+def pseudo_labeled_rows(pool, labels: np.ndarray, selected: np.ndarray, stream_cache: str, write: bool = True):
+    """
+    The `selected` rows of a tokenized pool with their pseudo-label from `labels` in a `labels` column, memory-mapped
+    when the pool is: a `Dataset` pool's rows are flattened by `datasets` into a cache file beside the pool's; an
+    `IterableDataset` pool is read again and its rows written, when `write`, to `stream_cache` (the other processes
+    only map that file, so call it on the writer first).
+    """
+    if isinstance(pool, datasets.IterableDataset):
+        wanted = np.full(len(labels), -1, dtype=np.int64)
+        wanted[selected] = labels[selected]
+        if write:
+            take_from_stream(pool, wanted, stream_cache)
+        return datasets.Dataset.from_file(stream_cache)
+    rows = pool.select(selected)
+    if LENGTH_COLUMN in rows.column_names:
+        rows = rows.remove_columns(LENGTH_COLUMN)
+    return rows.add_column("labels", labels[selected])

@@ -6,6 +6,7 @@ from collections import Counter
 import datasets
 import numpy as np
 import torch
+from accelerate.utils import broadcast_object_list
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -22,15 +23,16 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from .adapters import is_peft_model, load_trainable_state, prepare_peft_model, save_merged_model, trainable_state
 from .config import SemiSupervisedConfig
 from .consistency import CONSISTENCY_KEY, ConsistencyRegularizer
-from .data import LENGTH_COLUMN, has_default_label_names, label_names_of, prepare_dataset
+from .data import has_default_label_names, label_names_of, prepare_dataset, prepare_stream, pseudo_labeled_rows
 from .metrics import accuracy, compute_classification_metrics
 from .model_card import write_model_card
-from .pseudo_labeling import predict_pool, select_pseudo_labels
+from .pseudo_labeling import PseudoLabels, predict_pool, save_pseudo_labels, select_pseudo_labels
 
 
 logger = logging.getLogger(__name__)
 
 HISTORY_NAME = "self_training_history.json"
+PSEUDO_LABELS_DIR = "pseudo_labels"
 
 
 class SemiSupervisedTrainer(Trainer):
@@ -62,10 +64,12 @@ class SemiSupervisedTrainer(Trainer):
             Tokenizes raw text. Loaded from `model` when it is a name and this is `None`.
         compute_metrics (`Callable`, *optional*):
             Defaults to accuracy and macro-F1.
-        unlabeled_dataset ([`~datasets.Dataset`], *optional*):
+        unlabeled_dataset ([`~datasets.Dataset`] or [`~datasets.IterableDataset`], *optional*):
             The unlabeled pool, raw or tokenized. A label column in it is never trained on; it only feeds the
-            `pseudo_label_accuracy` diagnostic. Required when `args.self_training_rounds > 0` or
-            `args.consistency_weight > 0`.
+            `pseudo_label_accuracy` diagnostic (not for an `IterableDataset`). Required when
+            `args.self_training_rounds > 0` or `args.consistency_weight > 0`. A `Dataset` is tokenized once for all
+            rounds and memory-mapped (an in-memory one is written under `<output_dir>/pseudo_labels/cache`); an
+            `IterableDataset` is tokenized as it is read, every round.
         peft_config ([`~peft.PeftConfig`], *optional*):
             Wrap `model` with this adapter, e.g. `LoraConfig(task_type="SEQ_CLS", r=8)`: only the adapter and the
             classification head train, the base stays frozen, and pseudo-labels come from the adapted model. With
@@ -95,7 +99,7 @@ class SemiSupervisedTrainer(Trainer):
         optimizers=(None, None),
         optimizer_cls_and_kwargs=None,
         preprocess_logits_for_metrics=None,
-        unlabeled_dataset: datasets.Dataset | None = None,
+        unlabeled_dataset: datasets.Dataset | datasets.IterableDataset | None = None,
         peft_config=None,
     ):
         # Args
@@ -107,6 +111,11 @@ class SemiSupervisedTrainer(Trainer):
             raise ValueError(
                 "`unlabeled_dataset` is required when `self_training_rounds` > 0 or `consistency_weight` > 0 (got "
                 f"self_training_rounds={args.self_training_rounds}, consistency_weight={args.consistency_weight})."
+            )
+        if args.consistency_weight > 0 and isinstance(unlabeled_dataset, datasets.IterableDataset):
+            raise ValueError(
+                f"`consistency_weight`={args.consistency_weight} needs a `datasets.Dataset` as `unlabeled_dataset` "
+                "(its sampler reshuffles the pool each pass); got an `IterableDataset`."
             )
         if args.consistency_weight > 0 and compute_loss_func is not None:
             raise ValueError(
@@ -148,12 +157,9 @@ class SemiSupervisedTrainer(Trainer):
             if eval_dataset is not None:
                 eval_dataset = self._prepare_eval(eval_dataset, prepare)
             self.unlabeled_source = unlabeled_dataset
-            self.unlabeled_dataset, self.unlabeled_gold_labels = None, None
-            if unlabeled_dataset is not None and (uses_pool or len(unlabeled_dataset) > 0):
-                self.unlabeled_dataset, self.unlabeled_gold_labels = prepare_dataset(
-                    unlabeled_dataset, name="unlabeled set (`unlabeled_dataset`)", labels="hide", add_length=True,
-                    **prepare,
-                )  # fmt: skip
+            self.unlabeled_dataset, self.unlabeled_gold_labels = self._prepare_unlabeled(
+                unlabeled_dataset, prepare, args
+            )
 
         # Collator
         if data_collator is None and processing_class is not None:
@@ -176,6 +182,11 @@ class SemiSupervisedTrainer(Trainer):
             optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
+        # Sequence classifiers take `**kwargs` but average their loss over their own batch, ignoring
+        # `num_items_in_batch`: told they accept loss kwargs, `Trainer` multiplies that loss by the world size, which
+        # doubles the logged loss and changes gradient clipping at 2 processes.
+        if compute_loss_func is None:
+            self.model_accepts_loss_kwargs = False
 
         # Consistency
         self.consistency = None
@@ -190,6 +201,11 @@ class SemiSupervisedTrainer(Trainer):
             )
 
         # Self-training state
+        if args.pseudo_label_top_k > self.model.config.num_labels:
+            raise ValueError(
+                f"`pseudo_label_top_k` must be at most the model's {self.model.config.num_labels} classes, got "
+                f"{args.pseudo_label_top_k}."
+            )
         self._user_optimizers = optimizers[0] is not None
         self._initial_state = None
         if args.self_training_rounds > 0 and args.student_init == "reset":
@@ -242,6 +258,21 @@ class SemiSupervisedTrainer(Trainer):
         config.label2id = {label: i for i, label in enumerate(label_names)}
 
     @staticmethod
+    def _prepare_unlabeled(unlabeled_dataset, prepare, args):
+        name = "unlabeled set (`unlabeled_dataset`)"
+        if isinstance(unlabeled_dataset, datasets.IterableDataset):
+            stream_args = {k: prepare[k] for k in ("text_column", "max_length")}
+            return prepare_stream(unlabeled_dataset, prepare["tokenizer"], name=name, **stream_args), None
+        if unlabeled_dataset is None or (
+            args.self_training_rounds == 0 and args.consistency_weight == 0 and not len(unlabeled_dataset)
+        ):
+            return None, None
+        cache_dir = os.path.join(args.output_dir, PSEUDO_LABELS_DIR, "cache")
+        return prepare_dataset(
+            unlabeled_dataset, name=name, labels="hide", add_length=True, cache_dir=cache_dir, **prepare
+        )
+
+    @staticmethod
     def _prepare_eval(eval_dataset, prepare):
         if isinstance(eval_dataset, dict):
             return {
@@ -264,21 +295,29 @@ class SemiSupervisedTrainer(Trainer):
 
     # ---- Pseudo-labeling --------------------------------------------------------------------------------------------
     def _tokenize_for_prediction(self, dataset):
-        prepared, _ = prepare_dataset(
-            dataset,
-            self.processing_class,
-            name="dataset to pseudo-label",
-            text_column=self.args.text_column,
-            label_column=self.args.label_column,
-            label2id=self.model.config.label2id,
-            num_labels=self.model.config.num_labels,
-            max_length=self.args.max_length,
-            labels="hide",
-            add_length=True,
-        )
+        name = "dataset to pseudo-label"
+        if isinstance(dataset, datasets.IterableDataset):
+            text_column, max_length = self.args.text_column, self.args.max_length
+            return prepare_stream(
+                dataset, self.processing_class, name=name, text_column=text_column, max_length=max_length
+            )
+        with self.args.main_process_first(desc="tokenizing the dataset to pseudo-label"):
+            prepared, _ = prepare_dataset(
+                dataset,
+                self.processing_class,
+                name=name,
+                text_column=self.args.text_column,
+                label_column=self.args.label_column,
+                label2id=self.model.config.label2id,
+                num_labels=self.model.config.num_labels,
+                max_length=self.args.max_length,
+                labels="hide",
+                add_length=True,
+                cache_dir=os.path.join(self.args.output_dir, PSEUDO_LABELS_DIR, "cache"),
+            )
         return prepared
 
-    def _predict(self, prepared) -> tuple[np.ndarray, np.ndarray]:
+    def _predict(self, prepared) -> PseudoLabels:
         self._move_model_to_device(self.model, self.args.device)
         return predict_pool(
             self.model,
@@ -286,16 +325,22 @@ class SemiSupervisedTrainer(Trainer):
             self.data_collator,
             self.accelerator,
             self.args.per_device_eval_batch_size,
+            top_k=self.args.pseudo_label_top_k,
             desc=f"Pseudo-labeling (round {self.current_round})",
+            disable_tqdm=self.args.disable_tqdm,
         )
 
-    def pseudo_label(self, dataset: datasets.Dataset | None = None) -> datasets.Dataset:
+    def pseudo_label(
+        self, dataset: datasets.Dataset | datasets.IterableDataset | None = None
+    ) -> datasets.Dataset | datasets.IterableDataset:
         """
-        The current model's prediction for every row of `dataset` (default: the unlabeled set), in order.
+        The current model's prediction for every row of `dataset` (default: the unlabeled set), in order. Call it on
+        every process: each labels its share and all return the same result.
 
         Returns:
-            [`~datasets.Dataset`]: `dataset` with two more columns: `pseudo_label` (`int`, the argmax class) and
-            `confidence` (`float`, the top softmax probability).
+            [`~datasets.Dataset`] (or [`~datasets.IterableDataset`] for one): `dataset` with more columns:
+            `pseudo_label` (`int`, the argmax class), `confidence` (`float`, the top softmax probability) and, when
+            `args.pseudo_label_top_k` is set, `top_k_labels` and `top_k_probabilities`.
         """
         if dataset is None:
             if self.unlabeled_dataset is None:
@@ -305,13 +350,24 @@ class SemiSupervisedTrainer(Trainer):
             source, prepared = self.unlabeled_source, self.unlabeled_dataset
         else:
             source, prepared = dataset, self._tokenize_for_prediction(dataset)
-        labels, confidences = self._predict(prepared)
-        source = source.remove_columns([c for c in ("pseudo_label", "confidence") if c in source.column_names])
-        return source.add_column("pseudo_label", labels.tolist()).add_column("confidence", confidences.tolist())
+        pseudo_labels = self._predict(prepared)
+        columns = pseudo_labels.columns()
+        columns["pseudo_label"] = columns.pop("label")
+        if isinstance(source, datasets.IterableDataset):
+
+            def add_columns(batch, indices):
+                return {name: values.take(indices).to_pylist() for name, values in columns.items()}
+
+            return source.map(add_columns, with_indices=True, batched=True)
+        source = source.remove_columns([c for c in columns if c in source.column_names])
+        for name, values in columns.items():
+            source = source.add_column(name, values)
+        return source
 
     def _pseudo_labeled_train_set(self, record: dict) -> datasets.Dataset:
         """Label the pool with the current model, select, fill in `record`, and return labeled + selected rows."""
-        labels, confidences = self._predict(self.unlabeled_dataset)
+        pseudo_labels = self._predict(self.unlabeled_dataset)
+        labels, confidences = pseudo_labels.labels, pseudo_labels.confidences
         selected = select_pseudo_labels(
             labels,
             confidences,
@@ -319,6 +375,9 @@ class SemiSupervisedTrainer(Trainer):
             class_prior=self.class_prior if self.args.class_balance else None,
             max_pseudo_labels=self.args.max_pseudo_labels,
         )
+        labels_dir = os.path.join(self.args.output_dir, PSEUDO_LABELS_DIR)
+        if self.args.save_pseudo_labels and self.args.should_save:
+            save_pseudo_labels(os.path.join(labels_dir, f"round-{record['round']}.parquet"), pseudo_labels, selected)
         id2label = self.model.config.id2label
         counts = Counter(labels[selected].tolist())
         record["num_pseudo_labels"] = len(selected)
@@ -332,10 +391,17 @@ class SemiSupervisedTrainer(Trainer):
         if len(selected) == 0:
             logger.warning(f"Round {record['round']}: no pseudo-label passed the selection; training on labeled data.")
             return self.labeled_dataset
-        pseudo = self.unlabeled_dataset.select(selected).remove_columns(LENGTH_COLUMN)
-        pseudo = pseudo.add_column("labels", labels[selected].tolist())
-        if pseudo.features != self.labeled_dataset.features:
-            pseudo = pseudo.cast(self.labeled_dataset.features)
+        # The main process writes the selected rows to a cache file first, the others then map it.
+        with self.args.main_process_first(desc="pseudo-labeled train set"):
+            pseudo = pseudo_labeled_rows(
+                self.unlabeled_dataset,
+                labels,
+                selected,
+                stream_cache=os.path.join(labels_dir, "cache", f"round-{record['round']}-train.arrow"),
+                write=self.accelerator.is_local_main_process,
+            )
+            if pseudo.features != self.labeled_dataset.features:
+                pseudo = pseudo.cast(self.labeled_dataset.features)
         return datasets.concatenate_datasets([self.labeled_dataset, pseudo])
 
     # ---- Consistency hooks ------------------------------------------------------------------------------------------
@@ -395,6 +461,7 @@ class SemiSupervisedTrainer(Trainer):
             record["train_steps"] = output.global_step
             if self.eval_dataset is not None:
                 record.update(self.evaluate(ignore_keys=ignore_keys_for_eval))
+            record = synchronize_record(self.accelerator, record)
 
             metric = self._best_round_metric(record)
             if metric is not None and (best_metric is None or self._is_better(metric, best_metric)):
@@ -513,6 +580,19 @@ class SemiSupervisedTrainer(Trainer):
         self.log(logs)
         if self.args.should_save:
             write_json_atomic(os.path.join(self.args.output_dir, HISTORY_NAME), self.self_training_history)
+
+
+def synchronize_record(accelerator, record: dict) -> dict:
+    """
+    The same round record on every process. Pseudo-label counts and eval metrics already agree (they come from
+    gathered predictions), but `Trainer` leaves in `train_loss` the local loss since the last logging step, and
+    timings are per process: average the loss, then take the main process's record.
+    """
+    if accelerator.num_processes == 1:
+        return record
+    loss = torch.tensor(float(record["train_loss"]), dtype=torch.float64, device=accelerator.device)
+    record["train_loss"] = accelerator.reduce(loss, reduction="mean").item()
+    return broadcast_object_list([record])[0]
 
 
 def write_json_atomic(path: str, payload):
