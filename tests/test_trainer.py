@@ -21,7 +21,7 @@ def test_pseudo_label_equals_a_manual_forward_pass(tmp_path, tokenizer):
         unlabeled_dataset=unlabeled,
     )
     result = trainer.pseudo_label()
-    assert result.column_names == ["text", "label", "pseudo_label", "confidence"]
+    assert sorted(result.column_names) == ["confidence", "label", "pseudo_label", "text"]
     assert result["text"] == unlabeled["text"]
 
     model = trainer.model.eval()
