@@ -18,7 +18,14 @@ from transformers import (
 )
 
 from .config import SemiSupervisedConfig
-from .data import LENGTH_COLUMN, has_default_label_names, label_names_of, prepare_dataset
+from .data import (
+    LENGTH_COLUMN,
+    check_every_class_labeled,
+    drop_labeled_duplicates,
+    has_default_label_names,
+    label_names_of,
+    prepare_dataset,
+)
 from .metrics import accuracy, compute_classification_metrics
 from .pseudo_labeling import predict_pool, select_pseudo_labels
 
@@ -55,7 +62,8 @@ class SemiSupervisedTrainer(Trainer):
             Defaults to accuracy and macro-F1.
         unlabeled_dataset ([`~datasets.Dataset`], *optional*):
             The unlabeled pool, raw or tokenized. A label column in it is never trained on; it only feeds the
-            `pseudo_label_accuracy` diagnostic. Required when `args.self_training_rounds > 0`.
+            `pseudo_label_accuracy` diagnostic. Required when `args.self_training_rounds > 0`. Rows whose text is
+            also in the labeled set are dropped, with a warning.
         peft_config ([`~peft.PeftConfig`], *optional*):
             Wrap `model` with this adapter configuration before training.
 
@@ -125,15 +133,17 @@ class SemiSupervisedTrainer(Trainer):
         )
         with args.main_process_first(desc="dataset preparation"):
             self.labeled_dataset, _ = prepare_dataset(train_dataset, name="labeled set (`train_dataset`)", **prepare)
+            check_every_class_labeled(self.labeled_dataset["labels"], model.config.id2label, "labeled set")
             if eval_dataset is not None:
                 eval_dataset = self._prepare_eval(eval_dataset, prepare)
-            self.unlabeled_source = unlabeled_dataset
             self.unlabeled_dataset, self.unlabeled_gold_labels = None, None
             if unlabeled_dataset is not None and (args.self_training_rounds > 0 or len(unlabeled_dataset) > 0):
+                unlabeled_dataset = drop_labeled_duplicates(train_dataset, unlabeled_dataset, args.text_column)
                 self.unlabeled_dataset, self.unlabeled_gold_labels = prepare_dataset(
                     unlabeled_dataset, name="unlabeled set (`unlabeled_dataset`)", labels="hide", add_length=True,
                     **prepare,
                 )  # fmt: skip
+            self.unlabeled_source = unlabeled_dataset
 
         # Collator
         if data_collator is None and processing_class is not None:
