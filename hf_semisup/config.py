@@ -79,6 +79,18 @@ class SemiSupervisedConfig(TrainingArguments):
             Each round, write every pool row's index, pseudo-label, confidence (and top-k) and whether it was selected
             to `<output_dir>/pseudo_labels/round-{r}.parquet`, from the main process only, for inspection and reuse.
 
+        > Guard rails
+
+        collapse_alarm_margin (`float` or `None`, *optional*, defaults to `0.3`):
+            Warn, and mark the round `collapse_alarm: true` in the history, when a class's share of the round's
+            accepted pseudo-labels exceeds its share of the labeled set by more than this (with a 50/50 labeled set and
+            `0.3`: more than 80% of one class). It cannot fire with `class_balance=True`, which keeps the labeled
+            shares. `None` disables the alarm. Must be in (0, 1).
+        rollback_on_worse_eval (`bool`, *optional*, defaults to `False`):
+            After each round, compare the eval metric (`metric_for_best_model`, by default the eval loss) with the
+            previous round's: if it got worse, go back to the previous round's model and stop. Needs an
+            `eval_dataset`.
+
         > Data
 
         text_column (`str`, *optional*, defaults to `"text"`):
@@ -187,6 +199,22 @@ class SemiSupervisedConfig(TrainingArguments):
         },
     )
 
+    # Guard rails
+    collapse_alarm_margin: float | None = field(
+        default=0.3,
+        metadata={
+            "help": "Warn and flag the round when a class's share of its accepted pseudo-labels exceeds its labeled "
+            "share by more than this, in (0, 1). None: no alarm."
+        },
+    )
+    rollback_on_worse_eval: bool = field(
+        default=False,
+        metadata={
+            "help": "When a round makes the eval metric (metric_for_best_model, default the loss) worse than the "
+            "previous round, go back to the previous round's model and stop. Needs an eval_dataset."
+        },
+    )
+
     # Data
     text_column: str = field(default="text", metadata={"help": "Column holding the input text."})
     label_column: str = field(
@@ -223,6 +251,10 @@ class SemiSupervisedConfig(TrainingArguments):
             raise ValueError(f"`pseudo_label_top_k` must be an integer >= 0, got {self.pseudo_label_top_k!r}.")
         if self.pseudo_label_top_k < 0:
             raise ValueError(f"`pseudo_label_top_k` must be an integer >= 0, got {self.pseudo_label_top_k!r}.")
+        if self.collapse_alarm_margin is not None and not 0.0 < self.collapse_alarm_margin < 1.0:
+            raise ValueError(
+                f"`collapse_alarm_margin` must be None or in the open interval (0, 1), got {self.collapse_alarm_margin!r}."
+            )
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"`max_length` must be None or an integer >= 2, got {self.max_length!r}.")
         if self.save_merged_model and (self.deepspeed or self.fsdp):

@@ -1,10 +1,15 @@
 """Validation, label mapping and tokenization of the labeled, unlabeled and eval datasets."""
 
+import logging
 import os
 
 import datasets
 import numpy as np
+import pyarrow.compute as pc
 from datasets.fingerprint import Hasher
+
+
+logger = logging.getLogger(__name__)
 
 
 MODEL_INPUT_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
@@ -39,19 +44,76 @@ def check_column(dataset, column: str, name: str, field: str):
         )
 
 
+def _is_string_column(dataset, column: str) -> bool:
+    feature = dataset.features.get(column) if dataset.features else None
+    return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
+
+
 def check_texts(dataset, text_column: str, name: str):
-    """Raise a `ValueError` naming the column and the first bad value if the text column does not hold strings."""
-    feature = dataset.features.get(text_column) if dataset.features else None
-    if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
-        # A string column can still hold nulls; Arrow counts them without reading the texts.
-        if dataset.data.column(text_column).null_count == 0:
+    """Raise a `ValueError` naming the column, the row and the value if a text is not a string, or is empty or blank."""
+    if _is_string_column(dataset, text_column):
+        # Arrow finds the first null or blank text without turning the column into Python strings.
+        column = dataset.with_format("arrow")[text_column]
+        blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(column), ""), True)
+        row = pc.index(blank, True).as_py()
+        if row < 0:
             return
-    for i, value in enumerate(dataset[text_column]):
+        rows = [(row, dataset[row][text_column])]
+    else:
+        rows = enumerate(dataset[text_column])
+    for i, value in rows:
         if not isinstance(value, str):
             raise ValueError(
                 f"The {name}'s text column {text_column!r} must hold strings, but row {i} is {value!r} "
                 f"({type(value).__name__})."
             )
+        if not value.strip():
+            raise ValueError(
+                f"The {name}'s text column {text_column!r} has an empty text at row {i} ({value!r}): drop or fill it."
+            )
+
+
+def drop_labeled_duplicates(labeled, unlabeled, text_column: str):
+    """
+    The unlabeled pool without the rows whose text is also in the labeled set (exact match), with a warning.
+
+    Such a row would come back as a pseudo-label of a text the model already learns with its gold label; worse, its
+    `pseudo_label_accuracy` would flatter the teacher. Tokenized datasets are compared by `input_ids`.
+    """
+    if unlabeled is None or len(unlabeled) == 0:
+        return unlabeled
+    if is_tokenized(labeled) and is_tokenized(unlabeled):
+        seen = {tuple(ids) for ids in labeled["input_ids"]}
+        shared = np.asarray([tuple(ids) in seen for ids in unlabeled["input_ids"]], dtype=bool)
+    elif _is_string_column(labeled, text_column) and _is_string_column(unlabeled, text_column):
+        # Validate first, so an error names the row as the caller numbers it, before any row is dropped.
+        check_texts(unlabeled, text_column, "unlabeled set (`unlabeled_dataset`)")
+        pool = unlabeled.with_format("arrow")[text_column]
+        texts = pc.unique(labeled.with_format("arrow")[text_column]).cast(pool.type)
+        shared = pc.fill_null(pc.is_in(pool, value_set=texts), False).to_numpy(zero_copy_only=False).astype(bool)
+    else:
+        return unlabeled
+    rows = np.flatnonzero(shared)
+    if len(rows) == 0:
+        return unlabeled
+    shown = ", ".join(str(r) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+    logger.warning(
+        f"{len(rows)} row(s) of the unlabeled set (`unlabeled_dataset`) repeat a text of the labeled set (rows "
+        f"{shown}); they are dropped from the pool."
+    )
+    return unlabeled.select(np.flatnonzero(~shared))
+
+
+def check_every_class_labeled(label_ids, id2label: dict, name: str):
+    """Raise a `ValueError` if one of the model's `num_labels` classes has no example in the labeled set."""
+    counts = np.bincount(np.asarray(label_ids, dtype=np.int64), minlength=len(id2label))
+    missing = [id2label[c] for c in range(len(id2label)) if counts[c] == 0]
+    if missing:
+        found = [id2label[c] for c in range(len(id2label)) if counts[c] > 0]
+        raise ValueError(
+            f"The model has `num_labels`={len(id2label)}, but the {name} has no example of class(es) {missing}; it "
+            f"has {found}. Give every class a labeled example, or load the model with `num_labels`={len(found)}."
+        )
 
 
 def encode_labels(values, label2id: dict, num_labels: int, name: str, label_column: str) -> list[int]:

@@ -1,5 +1,5 @@
-import json
 import logging
+import math
 import os
 from collections import Counter
 
@@ -18,12 +18,22 @@ from transformers import (
     set_seed,
 )
 from transformers.trainer import TRAINING_ARGS_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, enable_full_determinism
 
 from .adapters import is_peft_model, load_trainable_state, prepare_peft_model, save_merged_model, trainable_state
+from .checkpointing import SelfTrainingCheckpointMixin, deterministic_metrics, load_pseudo_labels, write_json_atomic
 from .config import SemiSupervisedConfig
 from .consistency import CONSISTENCY_KEY, ConsistencyRegularizer
-from .data import has_default_label_names, label_names_of, prepare_dataset, prepare_stream, pseudo_labeled_rows
+from .data import (
+    check_every_class_labeled,
+    drop_labeled_duplicates,
+    has_default_label_names,
+    label_names_of,
+    prepare_dataset,
+    prepare_stream,
+    pseudo_labeled_rows,
+)
+from .guards import NonFiniteError, check_finite_model, collapse_alarm, gathered_loss
 from .metrics import accuracy, compute_classification_metrics
 from .model_card import write_model_card
 from .pseudo_labeling import PseudoLabels, predict_pool, save_pseudo_labels, select_pseudo_labels
@@ -35,7 +45,7 @@ HISTORY_NAME = "self_training_history.json"
 PSEUDO_LABELS_DIR = "pseudo_labels"
 
 
-class SemiSupervisedTrainer(Trainer):
+class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, Trainer):
     r"""
     A [`~transformers.Trainer`] for sequence classification that also learns from unlabeled text by iterative
     self-training.
@@ -67,9 +77,10 @@ class SemiSupervisedTrainer(Trainer):
         unlabeled_dataset ([`~datasets.Dataset`] or [`~datasets.IterableDataset`], *optional*):
             The unlabeled pool, raw or tokenized. A label column in it is never trained on; it only feeds the
             `pseudo_label_accuracy` diagnostic (not for an `IterableDataset`). Required when
-            `args.self_training_rounds > 0` or `args.consistency_weight > 0`. A `Dataset` is tokenized once for all
-            rounds and memory-mapped (an in-memory one is written under `<output_dir>/pseudo_labels/cache`); an
-            `IterableDataset` is tokenized as it is read, every round.
+            `args.self_training_rounds > 0` or `args.consistency_weight > 0`. Rows whose text is also in the labeled
+            set are dropped, with a warning. A `Dataset` is tokenized once for all rounds and memory-mapped (an
+            in-memory one is written under `<output_dir>/pseudo_labels/cache`); an `IterableDataset` is tokenized as
+            it is read, every round.
         peft_config ([`~peft.PeftConfig`], *optional*):
             Wrap `model` with this adapter, e.g. `LoraConfig(task_type="SEQ_CLS", r=8)`: only the adapter and the
             classification head train, the base stays frozen, and pseudo-labels come from the adapted model. With
@@ -80,6 +91,12 @@ class SemiSupervisedTrainer(Trainer):
     (`README.md`); `push_to_hub` uploads them with the model and tokenizer.
 
     Other arguments are those of [`~transformers.Trainer`], in the same order.
+
+    Reliability: every checkpoint carries the self-training state (see `checkpointing.py`), so
+    `train(resume_from_checkpoint=True)` resumes an interrupted run where it stopped; each round is seeded with
+    `args.seed + round`, so one seed gives one result. A non-finite loss stops the run with [`NonFiniteError`]; the
+    `collapse_alarm_margin` and `rollback_on_worse_eval` guard rails are recorded in `self_training_history`.
+    Generators of extensions (e.g. an unlabeled sampler's) are checkpointed once registered in `checkpointed_rngs`.
     """
 
     _tag_names = ["hf-semisup", "semi-supervised", "text-classification"]
@@ -122,6 +139,10 @@ class SemiSupervisedTrainer(Trainer):
                 f"`compute_loss_func` cannot be combined with `consistency_weight`={args.consistency_weight}: the "
                 "consistency loss computes the supervised cross-entropy itself."
             )
+        if args.rollback_on_worse_eval and eval_dataset is None:
+            raise ValueError(
+                "`rollback_on_worse_eval`=True compares eval metrics between rounds: pass an `eval_dataset`."
+            )
 
         # Processing class
         if processing_class is None and isinstance(model, str):
@@ -154,8 +175,11 @@ class SemiSupervisedTrainer(Trainer):
         )
         with args.main_process_first(desc="dataset preparation"):
             self.labeled_dataset, _ = prepare_dataset(train_dataset, name="labeled set (`train_dataset`)", **prepare)
+            check_every_class_labeled(self.labeled_dataset["labels"], model.config.id2label, "labeled set")
             if eval_dataset is not None:
                 eval_dataset = self._prepare_eval(eval_dataset, prepare)
+            if isinstance(unlabeled_dataset, datasets.Dataset) and len(unlabeled_dataset):
+                unlabeled_dataset = drop_labeled_duplicates(train_dataset, unlabeled_dataset, args.text_column)
             self.unlabeled_source = unlabeled_dataset
             self.unlabeled_dataset, self.unlabeled_gold_labels = self._prepare_unlabeled(
                 unlabeled_dataset, prepare, args
@@ -213,8 +237,12 @@ class SemiSupervisedTrainer(Trainer):
         counts = np.bincount(self.labeled_dataset["labels"], minlength=self.model.config.num_labels)
         self.class_prior = counts / counts.sum()
         self.current_round = 0
+        self.self_training_phase = None
         self.best_round = None
         self.self_training_history: list[dict] = []
+        # Generators (e.g. an unlabeled sampler's) saved per process with every checkpoint: see checkpointing.py.
+        self.checkpointed_rngs: dict = {}
+        self._round_record, self._round_loss_sum, self._pseudo_labels_file = None, 0.0, None
 
     # ---- Construction helpers ---------------------------------------------------------------------------------------
     @staticmethod
@@ -364,10 +392,12 @@ class SemiSupervisedTrainer(Trainer):
             source = source.add_column(name, values)
         return source
 
-    def _pseudo_labeled_train_set(self, record: dict) -> datasets.Dataset:
-        """Label the pool with the current model, select, fill in `record`, and return labeled + selected rows."""
+    def _label_and_select(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The current model's `(labels, confidences)` for the pool, and the selected rows."""
+        self.self_training_phase = "labeling"
         pseudo_labels = self._predict(self.unlabeled_dataset)
         labels, confidences = pseudo_labels.labels, pseudo_labels.confidences
+        self.self_training_phase = "selecting"
         selected = select_pseudo_labels(
             labels,
             confidences,
@@ -375,9 +405,18 @@ class SemiSupervisedTrainer(Trainer):
             class_prior=self.class_prior if self.args.class_balance else None,
             max_pseudo_labels=self.args.max_pseudo_labels,
         )
-        labels_dir = os.path.join(self.args.output_dir, PSEUDO_LABELS_DIR)
         if self.args.save_pseudo_labels and self.args.should_save:
-            save_pseudo_labels(os.path.join(labels_dir, f"round-{record['round']}.parquet"), pseudo_labels, selected)
+            path = os.path.join(self.args.output_dir, PSEUDO_LABELS_DIR, f"round-{self.current_round}.parquet")
+            save_pseudo_labels(path, pseudo_labels, selected)
+        return labels, confidences, selected
+
+    def _pseudo_labeled_train_set(self, record: dict, pseudo_labels=None) -> datasets.Dataset:
+        """
+        Fill in `record` and return labeled + selected rows, from `pseudo_labels` (`(labels, confidences, selected)`,
+        e.g. restored from a checkpoint) or, by default, from labeling the pool with the current model now.
+        """
+        labels, confidences, selected = pseudo_labels if pseudo_labels is not None else self._label_and_select()
+        labels_dir = os.path.join(self.args.output_dir, PSEUDO_LABELS_DIR)
         id2label = self.model.config.id2label
         counts = Counter(labels[selected].tolist())
         record["num_pseudo_labels"] = len(selected)
@@ -388,6 +427,7 @@ class SemiSupervisedTrainer(Trainer):
             gold = self.unlabeled_gold_labels
             record["pseudo_label_accuracy"] = accuracy(labels[selected], gold[selected]) if len(selected) else None
             record["teacher_pool_accuracy"] = accuracy(labels, gold)
+        self._check_collapse(record, [counts.get(c, 0) for c in range(len(id2label))])
         if len(selected) == 0:
             logger.warning(f"Round {record['round']}: no pseudo-label passed the selection; training on labeled data.")
             return self.labeled_dataset
@@ -430,49 +470,87 @@ class SemiSupervisedTrainer(Trainer):
             logs.update(self.consistency.pop_metrics())
         super().log(logs, start_time)
 
+    def _check_collapse(self, record: dict, class_counts: list[int]):
+        alarm = collapse_alarm(class_counts, self.class_prior, self.args.collapse_alarm_margin)
+        record["collapse_alarm"] = alarm is not None
+        if alarm is not None:
+            class_id, share = alarm
+            name = str(self.model.config.id2label[class_id])
+            record["collapse_alarm_class"], record["collapse_alarm_share"] = name, share
+            logger.warning(
+                f"Round {record['round']}: pseudo-label collapse alarm: {share:.0%} of the {sum(class_counts)} accepted "
+                f"pseudo-labels are {name!r}, whose labeled share is {self.class_prior[class_id]:.0%} (more than "
+                f"`collapse_alarm_margin`={self.args.collapse_alarm_margin} above it). Consider `class_balance=True` "
+                "or a higher `confidence_threshold`."
+            )
+
     # ---- Round loop ---------------------------------------------------------------------------------------------------
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """
         Round 0 trains on the labeled set; each later round pseudo-labels the pool with the current model and trains a
         student on labeled + selected rows. Returns the last round's [`~transformers.trainer_utils.TrainOutput`].
+
+        `resume_from_checkpoint=True` resumes from the latest saved state under `output_dir`: a Trainer checkpoint of
+        any round, the end of a labeling pass, or the end of a round. Finished rounds are skipped and an interrupted
+        round reuses its saved pseudo-labels, so the run ends with the history and (on CPU) the model of an
+        uninterrupted one. A path resumes from that folder instead.
         """
         self.self_training_history = []
-        self.best_round, best_metric, best_state = None, None, None
+        self.best_round, self._best_metric, self._best_state, self._previous_state = None, None, None, None
+        self._model_round = None
+        resumed, resumed_dir = self._resume(resume_from_checkpoint)
+        if resumed is not None and resumed.phase == "done":
+            self._load_best_round()
+            return TrainOutput(**resumed.train_output)
+
         output = None
-        for round_ in range(self.args.self_training_rounds + 1):
+        for round_ in range(resumed.round if resumed else 0, self.args.self_training_rounds + 1):
             self.current_round = round_
-            record = {"round": round_, "threshold": self.args.confidence_threshold}
+            here = resumed if resumed is not None and resumed.round == round_ else None
+            record = self._round_record = {"round": round_, "threshold": self.args.confidence_threshold}
+            self._pseudo_labels_file = None
             if round_ == 0:
                 self.train_dataset = self.labeled_dataset
                 record["num_pseudo_labels"] = 0
                 record["pseudo_label_class_counts"] = {str(n): 0 for n in self.model.config.id2label.values()}
+                record["collapse_alarm"] = False
             else:
-                self.train_dataset = self._pseudo_labeled_train_set(record)
+                if here is not None and here.phase == "fitting":
+                    self._pseudo_labels_file = here.pseudo_labels_file
+                    path = os.path.join(self.args.output_dir, here.pseudo_labels_file)
+                    pseudo_labels = load_pseudo_labels(path, len(self.unlabeled_dataset))
+                else:
+                    pseudo_labels = self._label_and_select()
+                    self._save_pseudo_labels(pseudo_labels)
+                self.train_dataset = self._pseudo_labeled_train_set(record, pseudo_labels)
                 self._start_student()
             record["num_train_examples"] = len(self.train_dataset)
 
+            self.self_training_phase = "fitting"
+            checkpoint = resumed_dir if here is not None and here.step > 0 else None
+            self._round_loss_sum = here.loss_sum if checkpoint is not None else 0.0
+            self._seed_round(round_)
             output = super().train(
-                resume_from_checkpoint=resume_from_checkpoint if round_ == 0 else None,
-                trial=trial,
-                ignore_keys_for_eval=ignore_keys_for_eval,
-                **kwargs,
+                resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
             )
-            record["train_loss"] = output.training_loss
+            check_finite_model(self.model, f"Round {round_}, end of training")
+            loss_sum = self._round_loss_sum
+            record["train_loss"] = output.training_loss if loss_sum is None else loss_sum / max(output.global_step, 1)
             record["train_steps"] = output.global_step
             if self.eval_dataset is not None:
-                record.update(self.evaluate(ignore_keys=ignore_keys_for_eval))
+                record.update(deterministic_metrics(self.evaluate(ignore_keys=ignore_keys_for_eval)))
             record = synchronize_record(self.accelerator, record)
 
-            metric = self._best_round_metric(record)
-            if metric is not None and (best_metric is None or self._is_better(metric, best_metric)):
-                self.best_round, best_metric = round_, metric
-                if round_ < self.args.self_training_rounds:
-                    best_state = self._copy_state()
+            stop = self._rollback_if_worse(record)
+            if not stop:
+                self._track_best_round(record)
+            self._model_round = round_ - 1 if stop else round_
             self._end_round(record)
+            self._save_round_end(output, done=stop or round_ == self.args.self_training_rounds)
+            if stop:
+                break
 
-        if self.best_round is not None and self.best_round != self.args.self_training_rounds and best_state:
-            logger.info(f"Loading the model of round {self.best_round}, the best by `{self._best_metric_key()}`.")
-            self._load_state(best_state)
+        self._load_best_round()
         return output
 
     def _start_student(self):
@@ -539,6 +617,35 @@ class SemiSupervisedTrainer(Trainer):
             dataset_args=dataset_args,
         )
 
+    def _seed_round(self, round_: int):
+        # Each round starts from its own seed, so its training depends only on its inputs, never on how much randomness
+        # the rounds before it used: a run resumed at a round boundary then matches an uninterrupted one.
+        seed = self.args.seed + round_
+        enable_full_determinism(seed) if self.args.full_determinism else set_seed(seed)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        value = gathered_loss(loss, self.accelerator)
+        if not math.isfinite(value):
+            self._stop_on_non_finite_loss(value)
+        if self._round_loss_sum is not None:
+            self._round_loss_sum += value
+        return loss
+
+    def _stop_on_non_finite_loss(self, value: float):
+        step = self.state.global_step + 1
+        message = (
+            f"Round {self.current_round}: the training loss is {value} at step {step} (of {self.state.max_steps}). "
+            "Training stopped before this step's update, so no checkpoint or model holds non-finite weights. Lower "
+            "`learning_rate`, set `max_grad_norm`, or check the inputs of this step."
+        )
+        logger.error(message)
+        record = {**(self._round_record or {"round": self.current_round})}
+        record.update(stopped="non_finite_loss", stopped_at_step=step)
+        self.self_training_history.append(record)
+        self._write_history()
+        raise NonFiniteError(message)
+
     def _get_output_dir(self, trial) -> str:
         # Checkpoints of different rounds must not overwrite each other: each round saves under its own folder.
         output_dir = super()._get_output_dir(trial)
@@ -546,16 +653,16 @@ class SemiSupervisedTrainer(Trainer):
             return output_dir
         return os.path.join(output_dir, f"round-{self.current_round}")
 
-    def _best_metric_key(self) -> str | None:
-        if not self.args.load_best_model_at_end or self.eval_dataset is None:
-            return None
+    def _eval_metric_key(self) -> str:
         metric = self.args.metric_for_best_model or "loss"
         return metric if metric.startswith("eval_") else f"eval_{metric}"
 
-    def _best_round_metric(self, record: dict) -> float | None:
-        key = self._best_metric_key()
-        if key is None:
+    def _best_metric_key(self) -> str | None:
+        if not self.args.load_best_model_at_end or self.eval_dataset is None:
             return None
+        return self._eval_metric_key()
+
+    def _round_metric(self, record: dict, key: str) -> float:
         if key not in record:
             raise KeyError(f"`metric_for_best_model`={key!r} is not among the eval metrics {sorted(record)}.")
         return record[key]
@@ -563,8 +670,42 @@ class SemiSupervisedTrainer(Trainer):
     def _is_better(self, metric: float, best: float) -> bool:
         greater = self.args.greater_is_better
         if greater is None:
-            greater = not self._best_metric_key().endswith("loss")
+            greater = not self._eval_metric_key().endswith("loss")
         return metric > best if greater else metric < best
+
+    def _track_best_round(self, record: dict):
+        key = self._best_metric_key()
+        if key is None:
+            return
+        metric = self._round_metric(record, key)
+        if self._best_metric is None or self._is_better(metric, self._best_metric):
+            self.best_round, self._best_metric = record["round"], metric
+            if record["round"] < self.args.self_training_rounds:
+                self._best_state = self._copy_state()
+
+    def _load_best_round(self):
+        if self.best_round is not None and self.best_round != self._model_round and self._best_state is not None:
+            logger.info(f"Loading the model of round {self.best_round}, the best by `{self._best_metric_key()}`.")
+            self.model.load_state_dict(self._best_state)
+
+    def _rollback_if_worse(self, record: dict) -> bool:
+        """With `rollback_on_worse_eval`: if this round's eval metric is worse than the previous round's, go back."""
+        if not self.args.rollback_on_worse_eval:
+            return False
+        key = self._eval_metric_key()
+        metric = self._round_metric(record, key)
+        previous = self.self_training_history[-1] if self.self_training_history else None
+        if previous is not None and self._is_better(previous[key], metric):
+            logger.warning(
+                f"Round {record['round']}: `{key}` got worse ({previous[key]:.6g} in round {previous['round']}, now "
+                f"{metric:.6g}). Going back to the model of round {previous['round']} and stopping "
+                "(`rollback_on_worse_eval`)."
+            )
+            self.model.load_state_dict(self._previous_state)
+            record.update(rolled_back_to_round=previous["round"], stopped="eval_metric_worse")
+            return True
+        self._previous_state = self._copy_state()
+        return False
 
     def _end_round(self, record: dict):
         self.self_training_history.append(record)
@@ -572,12 +713,16 @@ class SemiSupervisedTrainer(Trainer):
             "self_training_round": record["round"],
             "num_pseudo_labels": record["num_pseudo_labels"],
             "pseudo_label_threshold": record["threshold"],
+            "pseudo_label_collapse_alarm": float(record.get("collapse_alarm", False)),
         }
         if record.get("pseudo_label_accuracy") is not None:
             logs["pseudo_label_accuracy"] = record["pseudo_label_accuracy"]
         for name, count in record["pseudo_label_class_counts"].items():
             logs[f"pseudo_labels_{name}"] = count
         self.log(logs)
+        self._write_history()
+
+    def _write_history(self):
         if self.args.should_save:
             write_json_atomic(os.path.join(self.args.output_dir, HISTORY_NAME), self.self_training_history)
 
@@ -593,12 +738,3 @@ def synchronize_record(accelerator, record: dict) -> dict:
     loss = torch.tensor(float(record["train_loss"]), dtype=torch.float64, device=accelerator.device)
     record["train_loss"] = accelerator.reduce(loss, reduction="mean").item()
     return broadcast_object_list([record])[0]
-
-
-def write_json_atomic(path: str, payload):
-    """Write JSON to a temporary file and rename it, so a crash never leaves a half-written file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)

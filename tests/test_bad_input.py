@@ -1,5 +1,7 @@
 """Every bad input named by the core issue fails before training with a ValueError naming the field and value."""
 
+import logging
+
 import pytest
 from conftest import make_model, tiny_config, toy_dataset
 from datasets import Dataset
@@ -87,3 +89,50 @@ def test_threshold_outside_the_open_interval(tmp_path):
     for value in (0.0, 1.0):
         with pytest.raises(ValueError, match=f"confidence_threshold.*{value}"):
             tiny_config(tmp_path, confidence_threshold=value)
+
+
+def test_empty_or_blank_text_is_named_with_its_row(tmp_path, tokenizer):
+    labeled = Dataset.from_dict({"text": ["good film", "", "bad film"], "label": [1, 0, 0]})
+    expect_error(tmp_path, tokenizer, "labeled", "'text'", "empty", "row 1", train_dataset=labeled)
+    unlabeled = Dataset.from_dict({"text": ["fine", "dull", "  \t"]}).select(
+        [2, 0, 1]
+    )  # a view: rows as the user sees
+    expect_error(tmp_path, tokenizer, "unlabeled", "empty", "row 0", "'  \\t'", unlabeled_dataset=unlabeled)
+    evaluated = Dataset.from_dict({"text": ["fine", None], "label": [1, 0]})
+    expect_error(tmp_path, tokenizer, "eval", "row 1", "None", eval_dataset=evaluated)
+
+
+def test_texts_shared_by_the_labeled_set_and_the_pool_are_dropped_from_the_pool(tmp_path, tokenizer, caplog):
+    labeled = toy_dataset(8)
+    pool = toy_dataset(6, seed=1)
+    texts = pool["text"][:]
+    texts[1], texts[4] = labeled["text"][0], labeled["text"][5]
+    pool = Dataset.from_dict({"text": texts, "label": pool["label"][:]})
+    with caplog.at_level(logging.WARNING, logger="hf_semisup"):
+        trainer = build(tmp_path, tokenizer, train_dataset=labeled, unlabeled_dataset=pool)
+    assert "2 row(s) of the unlabeled set" in caplog.text and "rows 1, 4" in caplog.text
+    kept = [0, 2, 3, 5]
+    assert trainer.unlabeled_source["text"][:] == [texts[i] for i in kept]
+    assert len(trainer.unlabeled_dataset) == 4
+    gold = [{"negative": 0, "positive": 1}[pool["label"][i]] for i in kept]
+    assert trainer.unlabeled_gold_labels.tolist() == gold
+    assert trainer.pseudo_label()["text"][:] == [texts[i] for i in kept]
+
+
+def test_model_classes_without_a_labeled_example(tmp_path, tokenizer):
+    ints = Dataset.from_dict({"text": ["good", "bad", "fine"], "label": [0, 1, 1]})
+    with pytest.raises(ValueError) as error:
+        SemiSupervisedTrainer(
+            make_model(num_labels=3), tiny_config(tmp_path, self_training_rounds=0), train_dataset=ints,
+            processing_class=tokenizer,
+        )  # fmt: skip
+    assert "`num_labels`=3" in str(error.value) and "'LABEL_2'" in str(error.value)
+
+    model = make_model(num_labels=3)
+    names = ["negative", "neutral", "positive"]
+    model.config.id2label, model.config.label2id = dict(enumerate(names)), {n: i for i, n in enumerate(names)}
+    with pytest.raises(ValueError, match=r"`num_labels`=3.*\['neutral'\]"):
+        SemiSupervisedTrainer(
+            model, tiny_config(tmp_path, self_training_rounds=0), train_dataset=toy_dataset(8),
+            processing_class=tokenizer,
+        )  # fmt: skip

@@ -1,0 +1,62 @@
+"""Guard rails that stop or flag a self-training run going wrong: non-finite values, and pseudo-label collapse."""
+
+import numpy as np
+import torch
+
+
+class NonFiniteError(FloatingPointError):
+    """Training produced a non-finite loss or non-finite weights; the run stops before anything non-finite is saved."""
+
+
+def gathered_loss(loss: torch.Tensor, accelerator) -> float:
+    """
+    The step's loss averaged over processes, as a Python float.
+
+    Every process gets the same value, so a non-finite loss on any one of them stops all of them at the same step
+    (a single process raising would leave the others waiting in the next collective).
+    """
+    loss = loss.detach().float().reshape(1)
+    if accelerator.num_processes > 1:
+        loss = accelerator.gather(loss)
+    return loss.mean().item()
+
+
+def first_non_finite_parameter(model: torch.nn.Module) -> str | None:
+    """The name of the first parameter or buffer holding a NaN or infinity, or `None`."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return name
+    return None
+
+
+def check_finite_model(model: torch.nn.Module, where: str):
+    """Raise [`NonFiniteError`] if any weight of `model` is NaN or infinite."""
+    name = first_non_finite_parameter(model)
+    if name is not None:
+        raise NonFiniteError(
+            f"{where}: the model's weights are not finite (first: {name!r}); nothing is saved. Lower `learning_rate`, "
+            "set `max_grad_norm`, or check the inputs."
+        )
+
+
+def collapse_alarm(class_counts, class_prior, margin: float | None) -> tuple[int, float] | None:
+    """
+    Whether a round's accepted pseudo-labels collapsed onto one class.
+
+    The rule: the alarm fires when some class's share of the accepted pseudo-labels exceeds its share of the labeled
+    set by more than `margin` (e.g. with a 50/50 labeled set and `margin=0.3`, when more than 80% of the accepted
+    pseudo-labels are one class). Selection with `class_balance=True` keeps the labeled shares, so it never fires then.
+
+    Returns:
+        `(class_id, share)` of the class furthest above its labeled share when the alarm fires, else `None`.
+    """
+    counts = np.asarray(class_counts, dtype=np.float64)
+    if margin is None or counts.sum() == 0:
+        return None
+    prior = np.asarray(class_prior, dtype=np.float64)
+    shares = counts / counts.sum()
+    excess = shares - prior / prior.sum()
+    class_id = int(np.argmax(excess))
+    if excess[class_id] > margin:
+        return class_id, float(shares[class_id])
+    return None

@@ -1,0 +1,233 @@
+"""Resuming after a crash gives the uninterrupted result; one seed gives one result; the state files are safe."""
+
+import glob
+import json
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_model, tiny_config, toy_dataset
+from transformers import TrainerCallback
+
+import hf_semisup
+from hf_semisup import SemiSupervisedTrainer
+from hf_semisup.checkpointing import (
+    SelfTrainingState,
+    find_latest_state,
+    generator_state,
+    restore_generator_state,
+    write_json_atomic,
+)
+
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "interruptible_run.py")
+KILLED = 17  # the exit code of interruptible_run.py's `os._exit`
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # On a small shared CPU a second intra-op thread mostly waits for the first: one thread runs these tests ~10x faster.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def launch(output_dir, *options):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(hf_semisup.__file__))]))
+    return subprocess.Popen(
+        [sys.executable, SCRIPT, str(output_dir), *options],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(process, expected_code):
+    _, stderr = process.communicate(timeout=900)
+    assert process.returncode == expected_code, stderr[-4000:]
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def events(output_dir, key):
+    with open(os.path.join(output_dir, "events.jsonl")) as f:
+        return [event[key] for event in map(json.loads, f) if key in event]
+
+
+def test_runs_killed_anywhere_resume_to_the_uninterrupted_result(tmp_path):
+    reference = launch(tmp_path / "reference")  # runs alongside the interrupted chain
+    interrupted = tmp_path / "interrupted"
+    # Killed in round 0 at step 6, in round 1 at step 10, then right after round 2's labeling pass.
+    for i, (round_, step) in enumerate([(0, 6), (1, 10), (2, 0)]):
+        resume = ["--resume"] if i else []
+        finish(launch(interrupted, "--kill-round", str(round_), "--kill-step", str(step), *resume), KILLED)
+        checkpoints = glob.glob(str(interrupted / "round-*" / "checkpoint-*"))
+        assert len(checkpoints) <= 2, checkpoints  # save_total_limit=2 holds across rounds
+    finish(launch(interrupted, "--resume"), 0)
+    finish(reference, 0)
+
+    expected, got = read_json(tmp_path / "reference" / "result.json"), read_json(interrupted / "result.json")
+    assert expected["history"][2]["num_pseudo_labels"] > 0, "round 2 must reuse a non-empty accepted set"
+    assert got["history"] == expected["history"]
+    assert got["logits"] == expected["logits"]  # exact, on CPU
+    for round_ in (1, 2):
+        name = f"round-{round_}/self_training_pseudo_labels.json"
+        assert read_json(interrupted / name) == read_json(tmp_path / "reference" / name)
+    assert read_json(interrupted / "self_training_history.json") == expected["history"]
+
+    # Each resume skipped the finished work: round 0 restarted at its step-4 checkpoint, round 1 at step 8, and round 2
+    # reused its saved pseudo-labels instead of labeling the pool again.
+    assert events(tmp_path / "reference", "train_begin") == [[0, 0], [1, 0], [2, 0]]
+    assert events(interrupted, "train_begin") == [[0, 0], [0, 4], [1, 0], [1, 8], [2, 0], [2, 0]]
+    assert events(interrupted, "labeled_round") == [1, 2]
+
+
+def build(output_dir, tokenizer, seed=0, **config):
+    defaults = dict(
+        self_training_rounds=1,
+        num_train_epochs=4,
+        learning_rate=1e-2,
+        class_balance=False,
+        confidence_threshold=0.55,
+        seed=seed,
+    )
+    return SemiSupervisedTrainer(
+        make_model(),
+        tiny_config(output_dir, **{**defaults, **config}),
+        train_dataset=toy_dataset(24),
+        eval_dataset=toy_dataset(24, seed=1),
+        processing_class=tokenizer,
+        unlabeled_dataset=toy_dataset(40, seed=2),
+    )
+
+
+def outcome(trainer):
+    predictions = trainer.pseudo_label()
+    logits = trainer.predict(trainer.eval_dataset).predictions
+    return trainer.self_training_history, predictions["pseudo_label"], predictions["confidence"], logits
+
+
+def test_one_seed_gives_one_result(tmp_path, tokenizer):
+    runs = []
+    for i, seed in enumerate([0, 0, 1]):
+        trainer = build(tmp_path / f"run-{i}", tokenizer, seed=seed)
+        random.random(), np.random.rand(), torch.rand(3)  # the caller's randomness must not matter
+        trainer.train()
+        runs.append(outcome(trainer))
+    (history, labels, confidences, logits), again, other_seed = runs
+    assert history[1]["num_pseudo_labels"] > 0
+    assert again[0] == history and again[1] == labels and again[2] == confidences
+    assert np.array_equal(again[3], logits)
+    assert not np.array_equal(other_seed[3], logits)  # the comparison can tell two runs apart
+
+
+class TrainBegins(TrainerCallback):
+    def __init__(self, trainer):
+        self.trainer, self.rounds_and_steps = trainer, []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.rounds_and_steps.append((self.trainer.current_round, state.global_step))
+
+
+def test_resume_from_a_given_checkpoint_with_reset_students(tmp_path, tokenizer):
+    trainer = build(tmp_path, tokenizer, student_init="reset", save_strategy="steps", save_steps=4)
+    trainer.train()
+    expected = outcome(trainer)
+    assert os.path.isdir(tmp_path / "round-1" / "checkpoint-8")
+
+    resumed = build(tmp_path, tokenizer, student_init="reset", save_strategy="steps", save_steps=4)
+    starts = TrainBegins(resumed)
+    resumed.add_callback(starts)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "round-1" / "checkpoint-4"))
+    got = outcome(resumed)
+    assert starts.rounds_and_steps == [(1, 4)]  # round 0 skipped, round 1 continued after step 4
+    assert got[0] == expected[0] and got[1] == expected[1]
+    assert np.array_equal(got[3], expected[3])
+
+
+def test_resume_without_a_saved_state_is_a_clear_error(tmp_path, tokenizer):
+    trainer = build(tmp_path, tokenizer)
+    with pytest.raises(ValueError, match="no self-training state was found"):
+        trainer.train(resume_from_checkpoint=True)
+
+
+def test_latest_state_orders_by_round_phase_and_step(tmp_path):
+    saves = {
+        "round-1/checkpoint-8": SelfTrainingState(round=1, phase="fitting", step=8),
+        "round-1/checkpoint-12": SelfTrainingState(round=1, phase="fitting", step=12),
+        "round-1": SelfTrainingState(round=1, phase="fitting", step=0),
+        "round-0/round-end": SelfTrainingState(round=1, phase="labeling"),
+        "round-0/checkpoint-20": SelfTrainingState(round=0, phase="fitting", step=20),
+    }
+    for folder, state in saves.items():
+        os.makedirs(tmp_path / folder, exist_ok=True)
+        state.save(str(tmp_path / folder))
+    os.makedirs(tmp_path / "round-1" / "checkpoint-16")  # an interrupted save: no state, never resumed from
+    directory, state = find_latest_state(str(tmp_path))
+    assert directory == str(tmp_path / "round-1" / "checkpoint-12") and state.step == 12
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = str(tmp_path / "history.json")
+    write_json_atomic(path, [{"round": 0}])
+    with pytest.raises(TypeError):
+        write_json_atomic(path, [{"round": object()}])
+    assert read_json(path) == [{"round": 0}]
+    assert os.listdir(tmp_path) == ["history.json"]
+
+
+@pytest.mark.parametrize("kind", ["torch", "numpy", "python"])
+def test_generator_states_survive_json(kind):
+    make = {
+        "torch": lambda: torch.Generator().manual_seed(3),
+        "numpy": lambda: np.random.default_rng(3),
+        "python": lambda: random.Random(3),
+    }[kind]
+    draw = {
+        "torch": lambda g: torch.rand(4, generator=g).tolist(),
+        "numpy": lambda g: g.random(4).tolist(),
+        "python": lambda g: [g.random() for _ in range(4)],
+    }[kind]
+    generator = make()
+    draw(generator)
+    saved = json.loads(json.dumps(generator_state(generator)))
+    expected = draw(generator)
+    restored = make()
+    restore_generator_state(restored, saved)
+    assert draw(restored) == expected
+
+
+def test_a_new_run_discards_the_states_an_earlier_run_left(tmp_path, tokenizer):
+    stale = tmp_path / "round-2" / "round-end"
+    os.makedirs(stale)
+    SelfTrainingState(round=2, phase="done").save(str(stale))
+    build(tmp_path, tokenizer, self_training_rounds=0, max_steps=1).train()
+    assert find_latest_state(str(tmp_path)) is None  # a resume after a crash of this run cannot land in the old one
+
+
+@pytest.mark.slow
+def test_a_pretrained_model_killed_mid_round_resumes_to_the_uninterrupted_result(tmp_path):
+    repo = os.path.dirname(os.path.dirname(hf_semisup.__file__))
+    data = os.path.join(repo, "..", "shared", "data", "movie_snippets")
+    assert os.path.isfile(os.path.join(data, "train.jsonl")), f"the real data is expected in {data}"
+    reference = launch(tmp_path / "reference", "--real-data", data)
+    interrupted = tmp_path / "interrupted"
+    finish(launch(interrupted, "--real-data", data, "--kill-round", "1", "--kill-step", "5"), KILLED)
+    finish(launch(interrupted, "--real-data", data, "--resume"), 0)
+    finish(reference, 0)
+
+    expected, got = read_json(tmp_path / "reference" / "result.json"), read_json(interrupted / "result.json")
+    assert expected["history"][1]["num_pseudo_labels"] > 0
+    assert got["history"] == expected["history"]
+    assert got["logits"] == expected["logits"]
+    assert events(interrupted, "train_begin") == [[0, 0], [1, 0], [1, 3]]
+    assert events(interrupted, "labeled_round") == [1]
