@@ -112,11 +112,12 @@ def test_consistency_needs_unlabeled_dataset_and_tokenizer(tmp_path, tokenizer):
         consistency_trainer(tmp_path, tokenizer, unlabeled=False)
     with pytest.raises(ValueError, match=r"`processing_class`"):
         tokenized = toy_dataset(16).map(lambda b: tokenizer(b["text"]), batched=True).remove_columns("text")
+        pool = toy_dataset(16, seed=1).map(lambda b: tokenizer(b["text"]), batched=True)
         SemiSupervisedTrainer(
             deterministic_model(),
             tiny_config(tmp_path, self_training_rounds=0, consistency_weight=1.0),
             train_dataset=tokenized,
-            unlabeled_dataset=tokenized.remove_columns("label"),
+            unlabeled_dataset=pool.remove_columns(["text", "label"]),
         )
 
 
