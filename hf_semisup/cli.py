@@ -1,27 +1,299 @@
-"""The `hf-semisup` command line."""
+"""The `hf-semisup` command line: `train` on any data and model, and `demo`, the offline quickstart."""
 
 import argparse
+import difflib
+import logging
+import os
 import sys
+
+import numpy as np
+import yaml
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    HfArgumentParser,
+    set_seed,
+)
+
+from .arguments import DataArguments, ModelArguments
+from .config import SemiSupervisedConfig
+from .data import has_default_label_names, label_names_of, load_splits, prepare_dataset
+from .report import CHART_NAME, plot_rounds, round_table, summary_metric
+from .trainer import SemiSupervisedTrainer
+
+
+logger = logging.getLogger(__name__)
+
+PROG = "hf-semisup"
+# What bad input raises while a run is set up. An error once training has started is a bug: it keeps its traceback.
+INPUT_ERRORS = (ValueError, FileNotFoundError)
+TRAIN_USAGE = "{prog} [--config FILE.yaml] [--option value ...]"
+OPTIONS_NOTE = (
+    "Every option can also be set in a YAML file given with --config (keys are the option names); the command line "
+    "wins over the file."
+)
+
+COMMANDS = {
+    "train": "Train on a Hub dataset or local files; prints a per-round summary and saves the model.",
+    "demo": "Offline quickstart: `train` with a shipped config, movie-review sample and MiniLM, printing "
+    "supervised-only against self-training accuracy. Takes every `train` option.",
+}
+
+
+class ArgumentParser(HfArgumentParser):
+    """An `HfArgumentParser` whose usage errors are one line: the usage of ~150 options would bury the message."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+# ---- Parsing ----------------------------------------------------------------------------------------------------------
+def make_train_parser(prog: str = f"{PROG} train", description: str = COMMANDS["train"]) -> ArgumentParser:
+    """The parser of `hf-semisup train` (and `demo`): data, model and [`SemiSupervisedConfig`] options, `--config`."""
+    parser = ArgumentParser(
+        (DataArguments, ModelArguments, SemiSupervisedConfig),
+        prog=prog,
+        usage=TRAIN_USAGE.format(prog=prog),
+        description=f"{description} {OPTIONS_NOTE}",
+    )
+    parser.add_argument(
+        "--config", default=None, help="A YAML file of option values; options on the command line win over it."
+    )
+    return parser
+
+
+def read_config_file(path: str, parser: ArgumentParser) -> dict:
+    """The option values of a YAML `--config` file, checked against the options `parser` knows."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"`--config` {path!r} does not exist.") from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"`--config` {path!r} cannot be read: {error}.") from error
+    except yaml.YAMLError as error:
+        raise ValueError(f"`--config` {path!r} is not valid YAML: {' '.join(str(error).split())}") from error
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"`--config` {path!r} must map option names to values, but it holds a {type(values).__name__}."
+        )
+    values = {str(key).replace("-", "_"): value for key, value in values.items()}
+    known = {action.dest for action in parser._actions} - {"help", "config"}
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"`--config` {path!r} has an unknown option {key!r}.{hint}")
+    return values
+
+
+def parse_train_args(
+    parser: ArgumentParser, argv: list[str], defaults: dict | None = None
+) -> tuple[DataArguments, ModelArguments, SemiSupervisedConfig]:
+    """
+    Parse `argv` over the `--config` file's values, themselves over `defaults`.
+
+    The file's values become the parser's defaults (as in TRL's `TrlParser`), so argparse still converts and checks
+    what the command line gives, and a string in the file (e.g. `1e-4`, which YAML reads as a string) is converted as
+    if it had been typed. `--max_seq_length` is mapped onto the config's `max_length`.
+    """
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--config", default=(defaults or {}).get("config"))
+    config_path = peek.parse_known_args(argv)[0].config
+    values = {key: value for key, value in (defaults or {}).items() if key != "config"}
+    if config_path is not None:
+        values.update(read_config_file(config_path, parser))
+        values["config"] = config_path  # shown by --help
+    parser.set_defaults(**values)
+    # A mistyped option must be reported as such, before a dataclass complains about the value it did not get.
+    unknown = parser.parse_known_args(argv)[1]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    data_args, model_args, config, _ = parser.parse_args_into_dataclasses(argv, look_for_args_file=False)
+    if data_args.max_seq_length is not None:
+        config.max_length = data_args.max_seq_length
+    return data_args, model_args, config
+
+
+# ---- Setting up a run (everything that can fail on bad input) -------------------------------------------------------
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def load_model(model_args: ModelArguments, labeled, config: SemiSupervisedConfig):
+    """The tokenizer and classifier; a new head gets one output per class of `labeled`, named after the classes."""
+    path = model_args.model_name_or_path
+    hub = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": model_args.trust_remote_code,
+        "cache_dir": model_args.cache_dir,
+    }
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or path, **hub)
+        labels = {}
+        if has_default_label_names(AutoConfig.from_pretrained(path, **hub)):
+            names = label_names_of(labeled, config.label_column)
+            values = labeled.unique(config.label_column)
+            if names is not None:
+                labels = {
+                    "num_labels": len(names),
+                    "id2label": dict(enumerate(names)),
+                    "label2id": {name: i for i, name in enumerate(names)},
+                }
+            elif all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+                labels = {"num_labels": int(max(values)) + 1}  # otherwise the trainer reports the bad label
+        set_seed(config.seed)  # the new classification head must not depend on what ran before
+        model = AutoModelForSequenceClassification.from_pretrained(path, **hub, **labels)
+    except (OSError, ValueError) as error:
+        flag = (
+            "tokenizer_name"
+            if model_args.tokenizer_name and "tokenizer" in str(error).lower()
+            else "model_name_or_path"
+        )
+        raise ValueError(f"`--{flag}` {path!r} could not be loaded: {_first_line(error)}") from error
+    return tokenizer, model
+
+
+def build_trainer(data_args: DataArguments, model_args: ModelArguments, config: SemiSupervisedConfig):
+    """
+    Load and check the data and the model, and build the trainer: every input error surfaces here, before training.
+
+    Returns:
+        `(trainer, held_out, num_unlabeled)`: the [`SemiSupervisedTrainer`], the tokenized held-out splits by name
+        (`"validation"`, `"test"`), and the size of the unlabeled pool.
+    """
+    with config.main_process_first(desc="loading the datasets"):
+        splits = load_splits(data_args, config.text_column, config.label_column, cache_dir=model_args.cache_dir)
+    pool = splits.get("unlabeled")
+    if config.self_training_rounds > 0 and pool is None:
+        raise ValueError(
+            f"`--self_training_rounds`={config.self_training_rounds} needs unlabeled data: give `--unlabeled_file`, "
+            "`--unlabeled_split_name` or `--num_labeled_per_class`."
+        )
+    # Rounds are compared on the validation set; without one, on the test set for the summary only.
+    per_round = next((split for split in ("validation", "test") if split in splits), None)
+    if config.load_best_model_at_end and per_round != "validation":
+        raise ValueError(
+            "`--load_best_model_at_end` picks a round on a validation set: give `--validation_file` or a dataset with "
+            "a validation split (the test set never selects a model)."
+        )
+
+    tokenizer, model = load_model(model_args, splits["train"], config)
+    trainer = SemiSupervisedTrainer(
+        model,
+        config,
+        train_dataset=splits["train"],
+        eval_dataset=splits.get(per_round),
+        processing_class=tokenizer,
+        unlabeled_dataset=pool if config.self_training_rounds > 0 else None,
+    )
+    held_out = {}
+    with config.main_process_first(desc="tokenizing the held-out sets"):
+        for split in ("validation", "test"):
+            if split == per_round:
+                held_out[split] = trainer.eval_dataset
+            elif split in splits:
+                held_out[split], _ = prepare_dataset(
+                    splits[split],
+                    tokenizer,
+                    name=f"{split} set",
+                    text_column=config.text_column,
+                    label_column=config.label_column,
+                    label2id=model.config.label2id,
+                    num_labels=model.config.num_labels,
+                    max_length=config.max_length,
+                )
+    num_unlabeled = len(pool) if pool is not None and config.self_training_rounds > 0 else 0
+    return trainer, held_out, num_unlabeled
+
+
+# ---- Training and reporting ---------------------------------------------------------------------------------------
+def train_and_report(trainer: SemiSupervisedTrainer, held_out: dict) -> dict:
+    """
+    Train, evaluate the final model on the held-out splits, save it with its label names, and print (main process) the
+    per-round table and where the chart is.
+
+    Returns:
+        `dict`: `history` (the per-round records), `metrics` (the final model's `<split>_<metric>` values),
+        `per_round` (the split the rounds were evaluated on) and `best_round`.
+    """
+    trainer.train()
+    history = trainer.self_training_history
+    per_round = next((split for split, data in held_out.items() if data is trainer.eval_dataset), None)
+    kept_last = trainer.best_round in (None, history[-1]["round"])
+    metrics = {}
+    for split, dataset in held_out.items():
+        if split == per_round and kept_last:  # already evaluated at the end of the last round
+            last = {key.removeprefix("eval_"): value for key, value in history[-1].items() if key.startswith("eval_")}
+            metrics.update({f"{split}_{key}": value for key, value in last.items()})
+        else:
+            metrics.update(trainer.evaluate(dataset, metric_key_prefix=split))
+    trainer.save_model()
+    trainer.save_metrics("all", metrics)
+
+    results = {"history": history, "metrics": metrics, "per_round": per_round, "best_round": trainer.best_round}
+    if not trainer.is_world_process_zero():
+        return results
+    args = trainer.args
+    metric = summary_metric(history, args.metric_for_best_model if args.load_best_model_at_end else None)
+    print(f"\nSelf-training rounds:\n{round_table(history, metric, trainer.best_round, per_round)}")
+    for split in held_out:
+        scores = [
+            f"{name} {metrics[f'{split}_{name}']:.4f}"
+            for name in ("accuracy", "f1", "loss")
+            if f"{split}_{name}" in metrics
+        ]
+        print(f"Final model on the {split} set: {', '.join(scores)}")
+    try:
+        print(f"Chart: {plot_rounds(history, metric, os.path.join(args.output_dir, CHART_NAME), per_round)}")
+    except ImportError as error:
+        print(f"No chart: {error}")
+    print(f"Model, tokenizer and label names saved in {args.output_dir}/")
+    return results
+
+
+# ---- Entry point ----------------------------------------------------------------------------------------------------
+def _fail(command: str, error: Exception) -> int:
+    # Under `accelerate launch` every process hits the same bad input: one of them says so.
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{PROG} {command}: error: {_first_line(error)}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hf-semisup", description="Semi-supervised fine-tuning of text classifiers.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser(
-        "demo",
-        help="Offline demo: 16 labels per class + unlabeled movie snippets, supervised-only vs self-training.",
-    )
-    demo.add_argument("--output_dir", default="hf-semisup-demo", help="Where the two models are written.")
-    demo.add_argument("--num_labeled_per_class", type=int, default=16, help="Labeled examples per class.")
-    demo.add_argument("--num_unlabeled", type=int, default=1500, help="Size of the unlabeled pool.")
-    demo.add_argument("--self_training_rounds", type=int, default=2, help="Pseudo-labeling rounds.")
-    demo.add_argument("--seed", type=int, default=0, help="Seed for label sampling and training.")
-    args = parser.parse_args(argv)
+    """Run `hf-semisup` with `argv` (default: `sys.argv[1:]`); returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in COMMANDS:
+        parser = argparse.ArgumentParser(prog=PROG, description="Semi-supervised fine-tuning of text classifiers.")
+        commands = parser.add_subparsers(dest="command", required=True)
+        for name, help_ in COMMANDS.items():
+            commands.add_parser(name, help=help_)
+        parser.parse_args(argv)  # prints the help, or a usage error, and exits
+        return 2
+    command, argv = argv[0], argv[1:]
+    try:
+        defaults = {}
+        if command == "demo":
+            from .demo import demo_defaults
 
-    if args.command == "demo":
-        from .demo import run_demo
+            defaults = demo_defaults(argv)
+        parser = make_train_parser(f"{PROG} {command}", COMMANDS[command])
+        data_args, model_args, config = parse_train_args(parser, argv, defaults)
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger("hf_semisup").setLevel(logging.INFO if config.should_log else logging.WARNING)
+        trainer, held_out, num_unlabeled = build_trainer(data_args, model_args, config)
+    except INPUT_ERRORS as error:
+        return _fail(command, error)
 
-        run_demo(**{k: v for k, v in vars(args).items() if k != "command"})
+    results = train_and_report(trainer, held_out)
+    if command == "demo" and trainer.is_world_process_zero():
+        from .demo import print_comparison
+
+        print_comparison(results, num_unlabeled)
     return 0
 
 

