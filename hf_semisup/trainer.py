@@ -22,6 +22,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, enabl
 
 from .adapters import is_peft_model, load_trainable_state, prepare_peft_model, save_merged_model, trainable_state
 from .checkpointing import SelfTrainingCheckpointMixin, deterministic_metrics, load_pseudo_labels, write_json_atomic
+from .compat import upload_ignoring
 from .config import SemiSupervisedConfig
 from .consistency import CONSISTENCY_KEY, ConsistencyRegularizer
 from .data import (
@@ -43,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 HISTORY_NAME = "self_training_history.json"
 PSEUDO_LABELS_DIR = "pseudo_labels"
+HUB_IGNORE_PATTERNS = ["round-*", f"{PSEUDO_LABELS_DIR}/*"]
 
 
 class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, Trainer):
@@ -584,6 +586,15 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, Trainer):
             write_model_card(self, output_dir)
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def push_to_hub(self, *args, **kwargs):
+        # Round checkpoints and pseudo-label files (with the tokenized pool's cache) are working files, not the model.
+        with upload_ignoring(HUB_IGNORE_PATTERNS):
+            return super().push_to_hub(*args, **kwargs)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        with upload_ignoring(HUB_IGNORE_PATTERNS):
+            return super()._push_from_checkpoint(checkpoint_folder)
 
     def create_model_card(
         self,

@@ -89,6 +89,9 @@ def test_push_to_hub_sends_adapter_tokenizer_card_and_history(tmp_path, fake_hub
         "self_training_history.json",
     } <= set(files)
     assert "model.safetensors" not in files
+    # Working files stay home: round checkpoints and the pseudo-label files (with the tokenized pool's cache).
+    assert (tmp_path / "out" / "pseudo_labels").is_dir()
+    assert not [path for path in files if path.startswith(("round-", "pseudo_labels/"))], sorted(files)
     assert json.loads(files["self_training_history.json"]) == json.loads(json.dumps(trainer.self_training_history))
     card = ModelCard(files["README.md"].decode())
     assert card.data.library_name == "peft"
