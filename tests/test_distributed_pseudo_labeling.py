@@ -84,7 +84,7 @@ def test_world_size_2_matches_world_size_1_accelerate_launch(single_process_labe
     check_world_size_2(single_process_labels, tmp_path)
 
 
-def test_two_process_self_training_run(tmp_path):
+def test_two_process_self_training_and_consistency_run(tmp_path):
     accelerate_launch("train", tmp_path)
     main, other = load_ranks(tmp_path)
 
@@ -95,6 +95,9 @@ def test_two_process_self_training_run(tmp_path):
     history = main["history"]
     assert [r["round"] for r in history] == [0, 1, 2]
     assert all(r["num_pseudo_labels"] > 0 for r in history[1:])
+    # The consistency loss ran in every round, and its gathered metrics agree across ranks.
+    assert main["consistency_logs"] and main["consistency_logs"] == other["consistency_logs"]
+    assert all(log["consistency_weight"] == 1.0 and log["token_dropout_rate"] > 0 for log in main["consistency_logs"])
 
     # Files: written by the main process only, each round's labels exactly once, never left half-written.
     assert other["written"] == []

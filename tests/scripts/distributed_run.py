@@ -58,7 +58,10 @@ def label(out_dir) -> dict:
 
 
 def train(out_dir) -> dict:
-    """Two rounds of self-training; records the history, the files this process wrote and the final weights."""
+    """
+    Two rounds of self-training with the consistency loss on; records the history, the files this process wrote, the
+    final weights and the consistency metrics it logged.
+    """
     from conftest import make_model, toy_dataset
 
     written = []
@@ -84,6 +87,9 @@ def train(out_dir) -> dict:
             num_train_epochs=4,
             per_device_train_batch_size=4,
             eval_strategy="no",
+            consistency_weight=1.0,
+            token_dropout=0.2,
+            logging_steps=2,
         )
         trainer.train()
         final = labeled_rows(trainer.pseudo_label())
@@ -97,6 +103,11 @@ def train(out_dir) -> dict:
         "written": written,
         "final": final,
         "weights": weights.hexdigest(),
+        "consistency_logs": [
+            {k: v for k, v in log.items() if k.startswith(("consistency", "token_dropout"))}
+            for log in trainer.state.log_history
+            if "consistency_loss" in log
+        ],
     }
 
 
