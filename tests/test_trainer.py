@@ -234,3 +234,25 @@ def test_load_best_model_at_end_keeps_the_best_round(tmp_path, tokenizer):
     assert not all(torch.equal(final[k], v) for k, v in recorder.weights[2].items())
     # Checkpoints of different rounds live in different folders.
     assert sorted(os.listdir(tmp_path / "round-1")) and sorted(os.listdir(tmp_path / "round-2"))
+
+
+def test_gradient_accumulation_matches_the_big_batch_without_consistency(tmp_path, tokenizer):
+    # BERT's forward takes **kwargs, so a stock Trainer would think it divides the loss by `num_items_in_batch` itself
+    # and skip the accumulation scaling: 2 x 4 would then take twice the step of 1 x 8.
+    def update(**kwargs):
+        trainer = SemiSupervisedTrainer(
+            make_model(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+            tiny_config(tmp_path, self_training_rounds=0, max_steps=1, optim="sgd", **kwargs),
+            train_dataset=toy_dataset(8),
+            processing_class=tokenizer,
+        )
+        trainer.train()
+        initial = make_model(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        return torch.cat(
+            [(p - q).flatten() for p, q in zip(trainer.model.parameters(), initial.parameters(), strict=True)]
+        )
+
+    big = update(per_device_train_batch_size=8)
+    accumulated = update(per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    assert big.abs().max() > 0
+    torch.testing.assert_close(accumulated, big, rtol=1e-4, atol=1e-6)
