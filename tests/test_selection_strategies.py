@@ -330,3 +330,52 @@ def test_soft_pseudo_labels_run(tmp_path, tokenizer):
     np.testing.assert_allclose(targets[16:].max(axis=1), rows["confidence"][order])
     np.testing.assert_allclose(targets[16:].sum(axis=1), 1.0, atol=1e-6)
     assert np.all(targets[16:].argmax(axis=1) == train_set["labels"][16:])
+
+
+def test_soft_round_resumes_from_its_saved_pseudo_labels(tmp_path, tokenizer):
+    trainer = soft_trainer(
+        tmp_path, tokenizer, save_strategy="steps", save_steps=100, confidence_threshold=0.5, class_balance=False
+    )
+    trainer.train()
+    # What a run resumed in round 1's fitting phase reads back, and the training rows it rebuilds from it.
+    saved = load_checkpoint_pseudo_labels(
+        str(tmp_path / "output" / "round-1" / "self_training_pseudo_labels.json"), 24
+    )
+    assert saved[3].shape == (24, 2)
+    record = {"round": 1}
+    resumed = trainer._pseudo_labeled_train_set(record, saved).with_format("numpy")
+    original = trainer.train_dataset.with_format("numpy")
+    for column in ("labels", SOFT_TARGETS_COLUMN, TARGET_WEIGHT_COLUMN):
+        np.testing.assert_array_equal(resumed[column], original[column])
+    assert {k: v for k, v in record.items() if k != "round"}.items() <= trainer.self_training_history[1].items()
+
+
+def test_soft_pseudo_labels_from_a_streamed_pool(tmp_path, tokenizer):
+    pool = toy_dataset(24, seed=5)
+    trainer = SemiSupervisedTrainer(
+        make_model(seed=2),
+        tiny_config(
+            tmp_path / "output",
+            self_training_rounds=1,
+            soft_pseudo_labels=True,
+            max_steps=2,
+            confidence_threshold=0.5,
+            class_balance=False,
+            max_pseudo_labels=10,
+        ),
+        train_dataset=toy_dataset(16, seed=1),
+        processing_class=tokenizer,
+        unlabeled_dataset=pool.remove_columns("label").to_iterable_dataset(num_shards=2),
+    )
+    trainer.train()
+    rows = read_round_file(tmp_path, 1)
+    selected = np.flatnonzero(rows["selected"])
+    assert len(selected) == 10
+    # A stream's selected rows come back in pool order: each keeps its own row's target and weight.
+    train_set = trainer.train_dataset.with_format("numpy")
+    input_ids = [tuple(tokenizer(pool[int(i)]["text"])["input_ids"]) for i in selected]
+    expected = dict(zip(input_ids, rows["confidence"][selected]))
+    got = {tuple(row["input_ids"]): row[TARGET_WEIGHT_COLUMN] for row in trainer.train_dataset.select(range(16, 26))}
+    assert got == pytest.approx(expected)
+    probabilities = train_set[SOFT_TARGETS_COLUMN][16:]
+    np.testing.assert_allclose(probabilities.max(axis=1), train_set[TARGET_WEIGHT_COLUMN][16:])
