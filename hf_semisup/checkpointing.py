@@ -211,21 +211,34 @@ def remove_round_checkpoints(output_dir: str, rounds: range):
 
 
 # ---- Pseudo-labels ----------------------------------------------------------------------------------------------------
-def save_pseudo_labels(path: str, round_: int, labels: np.ndarray, confidences: np.ndarray, selected: np.ndarray):
-    """Save the teacher's label and confidence for every pool row, and the accepted rows in selection order."""
-    write_json_atomic(
-        path,
-        {
-            "round": round_,
-            "labels": np.asarray(labels).tolist(),
-            "confidences": np.asarray(confidences, dtype=np.float32).tolist(),
-            "selected": np.asarray(selected).tolist(),
-        },
-    )
+def save_pseudo_labels(
+    path: str,
+    round_: int,
+    labels: np.ndarray,
+    confidences: np.ndarray,
+    selected: np.ndarray,
+    probabilities: np.ndarray | None = None,
+):
+    """
+    Save the teacher's label and confidence for every pool row, the accepted rows in selection order and, for soft
+    pseudo-labels, every row's full distribution.
+    """
+    payload = {
+        "round": round_,
+        "labels": np.asarray(labels).tolist(),
+        "confidences": np.asarray(confidences, dtype=np.float32).tolist(),
+        "selected": np.asarray(selected).tolist(),
+    }
+    if probabilities is not None:
+        payload["probabilities"] = np.asarray(probabilities, dtype=np.float32).tolist()
+    write_json_atomic(path, payload)
 
 
-def load_pseudo_labels(path: str, pool_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`(labels, confidences, selected)` as saved by [`save_pseudo_labels`], checked against the pool's size."""
+def load_pseudo_labels(path: str, pool_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """
+    `(labels, confidences, selected, probabilities)` as saved by [`save_pseudo_labels`] (`probabilities` is `None`
+    without soft pseudo-labels), checked against the pool's size.
+    """
     with open(path) as f:
         payload = json.load(f)
     labels = np.asarray(payload["labels"], dtype=np.int64)
@@ -235,7 +248,10 @@ def load_pseudo_labels(path: str, pool_size: int) -> tuple[np.ndarray, np.ndarra
             "with the same datasets as the interrupted run."
         )
     confidences = np.asarray(payload["confidences"], dtype=np.float32)
-    return labels, confidences, np.asarray(payload["selected"], dtype=np.int64)
+    probabilities = payload.get("probabilities")
+    if probabilities is not None:
+        probabilities = np.asarray(probabilities, dtype=np.float32)
+    return labels, confidences, np.asarray(payload["selected"], dtype=np.int64), probabilities
 
 
 # ---- Random generators ------------------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .selection import SELECTION_STRATEGIES
+
 
 STUDENT_INITS = ("continue", "reset")
 TOKEN_DROPOUT_MODES = ("mask", "delete")
@@ -42,6 +44,30 @@ class SemiSupervisedConfig(TrainingArguments):
             the majority class.
         max_pseudo_labels (`int` or `None`, *optional*, defaults to `None`):
             Largest number of pseudo-labels accepted per round (the most confident ones). `None` means no cap.
+        selection_strategy (`str`, *optional*, defaults to `"threshold"`):
+            How a round chooses its pseudo-labels (see `selection.py`):
+
+            - `"threshold"`: rows whose confidence reaches `confidence_threshold`.
+            - `"adaptive"`: one threshold per class that follows how well the model has learned it (FlexMatch): with
+              `sigma_c` the rows predicted `c` with confidence >= `confidence_threshold`, `beta_c = sigma_c / max(max_c
+              sigma_c, unconfident rows)` and the class threshold is `beta_c / (2 - beta_c) * confidence_threshold`,
+              at least `1 / num_labels + 0.01`. A class the model rarely predicts confidently gets a lower threshold.
+              The thresholds are recorded in the history (`class_thresholds`).
+            - `"topk"`: no threshold: round `r` keeps the `pseudo_label_fraction * r` most confident share of the pool
+              (a curriculum), split between classes by the labeled class prior with `class_balance`. The history's
+              `threshold` is then the lowest accepted confidence.
+
+            `class_balance` and `max_pseudo_labels` apply with every strategy.
+        pseudo_label_fraction (`float`, *optional*, defaults to `0.2`):
+            With `selection_strategy="topk"`, the share of the pool that each round adds: round `r` keeps `min(1,
+            pseudo_label_fraction * r)` of it. In (0, 1].
+        soft_pseudo_labels (`bool`, *optional*, defaults to `False`):
+            Train on the teacher's full probability distribution for each selected row (cross-entropy against the soft
+            target), weighted by the row's confidence, instead of its argmax class. Labeled rows keep their one-hot
+            target with weight 1.
+
+        The selection defaults (`"threshold"`, hard pseudo-labels) are unchanged pending the label-efficiency
+        benchmark; `"adaptive"`, `"topk"` and `soft_pseudo_labels` are opt-in.
 
         > Consistency
 
@@ -138,6 +164,29 @@ class SemiSupervisedConfig(TrainingArguments):
     max_pseudo_labels: int | None = field(
         default=None,
         metadata={"help": "Largest number of pseudo-labels accepted per round (the most confident). None: no cap."},
+    )
+    selection_strategy: str = field(
+        default="threshold",
+        metadata={
+            "help": "How a round chooses its pseudo-labels: 'threshold' (confidence >= confidence_threshold), "
+            "'adaptive' (FlexMatch per-class thresholds from each class's learning status) or 'topk' (the most "
+            "confident pseudo_label_fraction * round of the pool, no threshold).",
+            "choices": list(SELECTION_STRATEGIES),
+        },
+    )
+    pseudo_label_fraction: float = field(
+        default=0.2,
+        metadata={
+            "help": "With selection_strategy='topk': share of the pool each round adds (round r keeps "
+            "fraction * r of it), in (0, 1]."
+        },
+    )
+    soft_pseudo_labels: bool = field(
+        default=False,
+        metadata={
+            "help": "Train selected rows on the teacher's full probability distribution, weighted by their "
+            "confidence, instead of the argmax class. Labeled rows keep one-hot targets."
+        },
     )
 
     # Consistency
@@ -245,6 +294,16 @@ class SemiSupervisedConfig(TrainingArguments):
             )
         if self.max_pseudo_labels is not None and self.max_pseudo_labels < 1:
             raise ValueError(f"`max_pseudo_labels` must be None or an integer >= 1, got {self.max_pseudo_labels!r}.")
+        if self.selection_strategy not in SELECTION_STRATEGIES:
+            raise ValueError(
+                f"`selection_strategy` must be one of {SELECTION_STRATEGIES}, got {self.selection_strategy!r}."
+            )
+        if not _is_number(self.pseudo_label_fraction) or not 0.0 < self.pseudo_label_fraction <= 1.0:
+            raise ValueError(
+                f"`pseudo_label_fraction` must be in the half-open interval (0, 1], got {self.pseudo_label_fraction!r}."
+            )
+        if not isinstance(self.soft_pseudo_labels, bool):
+            raise ValueError(f"`soft_pseudo_labels` must be True or False, got {self.soft_pseudo_labels!r}.")
         if self.student_init not in STUDENT_INITS:
             raise ValueError(f"`student_init` must be one of {STUDENT_INITS}, got {self.student_init!r}.")
         if isinstance(self.pseudo_label_top_k, bool) or not isinstance(self.pseudo_label_top_k, int):

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Sampler
 from transformers import DataCollatorWithPadding
 
 from .data import MODEL_INPUT_COLUMNS
+from .soft_labels import soft_cross_entropy
 
 
 CONSISTENCY_KEY = "hf_semisup_consistency"
@@ -356,10 +357,18 @@ class ConsistencyRegularizer:
             )
 
     # ---- Loss --------------------------------------------------------------------------------------------------------
-    def loss(self, model, inputs: dict, batch: ConsistencyBatch, return_outputs: bool = False):
+    def loss(
+        self,
+        model,
+        inputs: dict,
+        batch: ConsistencyBatch,
+        return_outputs: bool = False,
+        soft_targets: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ):
         """
         The micro-batch's share of `CE(labeled) + lambda * mean over unmasked unlabeled examples of D(target || p(dropped
-        text))`, both means taken over the whole accumulated batch on all processes.
+        text))`, both means taken over the whole accumulated batch on all processes. With `soft_targets` (`(targets,
+        weights)` of soft pseudo-labels), the supervised term is `weight * CE(target)` per row instead.
 
         Labeled and dropped unlabeled rows go through `model` in one concatenated forward: with DDP, one forward per
         backward is what the wrapper supports. The result is already scaled for gradient accumulation, and multiplied by
@@ -376,9 +385,12 @@ class ConsistencyRegularizer:
         logits = (outputs["logits"] if isinstance(outputs, dict) else outputs[0]).float()
         labeled_logits, unlabeled_logits = logits[: len(labels)], logits[len(labels) :]
 
-        supervised = F.cross_entropy(
-            labeled_logits, labels, reduction="sum", label_smoothing=self.args.label_smoothing_factor
-        )
+        if soft_targets is None:
+            supervised = F.cross_entropy(
+                labeled_logits, labels, reduction="sum", label_smoothing=self.args.label_smoothing_factor
+            )
+        else:
+            supervised = soft_cross_entropy(labeled_logits, *soft_targets, self.args.label_smoothing_factor).sum()
         divergence = consistency_divergence(batch.target_log_probs, unlabeled_logits, self.args.consistency_loss)
         divergence_sum = (divergence * batch.mask).sum()
         self.metrics["divergence_sum"].append(divergence_sum.detach())

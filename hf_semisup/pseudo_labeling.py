@@ -1,4 +1,4 @@
-"""Labeling an unlabeled pool with a teacher, across processes, and choosing which pseudo-labels to keep."""
+"""Labeling an unlabeled pool with a teacher, across processes (which pseudo-labels to keep: `selection.py`)."""
 
 import contextlib
 import os
@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import LENGTH_COLUMN, MODEL_INPUT_COLUMNS
+from .selection import select_pseudo_labels  # noqa: F401  (its home before selection.py)
 
 
 # A streamed (`IterableDataset`) pool is read this many batches per process at a time: enough rows that sorting them
@@ -44,6 +45,20 @@ class PseudoLabels:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def probabilities(self, num_labels: int) -> np.ndarray:
+        """
+        Every row's full distribution, `(num_rows, num_labels)` `float32`, from a pass that kept all classes
+        (`top_k == num_labels`).
+        """
+        if self.top_k_labels is None or self.top_k_labels.shape[1] != num_labels:
+            kept = 0 if self.top_k_labels is None else self.top_k_labels.shape[1]
+            raise ValueError(
+                f"The full distribution needs the top {num_labels} classes of each row; this pass kept {kept}."
+            )
+        probabilities = np.zeros((len(self), num_labels), dtype=np.float32)
+        np.put_along_axis(probabilities, self.top_k_labels, self.top_k_probabilities, axis=1)
+        return probabilities
 
     def columns(self) -> dict[str, pa.Array]:
         """The per-row columns as Arrow arrays (top-k as fixed-size lists), named as in the per-round files."""
@@ -294,38 +309,3 @@ def _predict_stream(model, dataset, collator, accelerator, batch_size, results, 
         offset += len(input_ids)
         progress.update(len(input_ids))
     return offset
-
-
-def select_pseudo_labels(
-    labels: np.ndarray,
-    confidences: np.ndarray,
-    threshold: float,
-    class_prior: np.ndarray | None = None,
-    max_pseudo_labels: int | None = None,
-) -> np.ndarray:
-    """
-    Row indices of the pseudo-labels to keep, most confident first.
-
-    Only rows whose confidence reaches `threshold` are candidates. With a `class_prior` (class balancing), class `c`
-    keeps its `floor(n * prior[c])` most confident candidates, where `n` is the largest total every class can fill
-    (and at most `max_pseudo_labels`): the kept set has the labeled class proportions, and a class with no candidate
-    means nothing is kept. Without it, the `max_pseudo_labels` most confident candidates are kept.
-    """
-    labels, confidences = np.asarray(labels), np.asarray(confidences)
-    candidates = np.flatnonzero(confidences >= threshold)
-    # Most confident first; ties keep pool order so the selection is deterministic.
-    candidates = candidates[np.argsort(-confidences[candidates], kind="stable")]
-    if class_prior is None:
-        return candidates[:max_pseudo_labels] if max_pseudo_labels is not None else candidates
-
-    class_prior = np.asarray(class_prior, dtype=np.float64)
-    class_prior = class_prior / class_prior.sum()
-    counts = np.bincount(labels[candidates], minlength=len(class_prior))
-    present = class_prior > 0
-    total = np.floor(np.min(counts[present] / class_prior[present]) + 1e-9)
-    if max_pseudo_labels is not None:
-        total = min(total, max_pseudo_labels)
-    quotas = np.floor(total * class_prior + 1e-9).astype(np.int64)
-    kept = [candidates[labels[candidates] == c][: quotas[c]] for c in range(len(class_prior))]
-    kept = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
-    return kept[np.argsort(-confidences[kept], kind="stable")]

@@ -37,7 +37,9 @@ from .data import (
 from .guards import NonFiniteError, check_finite_model, collapse_alarm, gathered_loss
 from .metrics import accuracy, compute_classification_metrics
 from .model_card import write_model_card
-from .pseudo_labeling import PseudoLabels, predict_pool, save_pseudo_labels, select_pseudo_labels
+from .pseudo_labeling import PseudoLabels, predict_pool, save_pseudo_labels
+from .selection import select, selection_thresholds
+from .soft_labels import SOFT_TARGET_COLUMNS, one_hot_targets, pop_soft_targets, soft_cross_entropy, with_soft_targets
 
 
 logger = logging.getLogger(__name__)
@@ -141,6 +143,11 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, Trainer):
                 f"`compute_loss_func` cannot be combined with `consistency_weight`={args.consistency_weight}: the "
                 "consistency loss computes the supervised cross-entropy itself."
             )
+        if args.soft_pseudo_labels and compute_loss_func is not None:
+            raise ValueError(
+                "`compute_loss_func` cannot be combined with `soft_pseudo_labels`=True: the soft pseudo-label loss "
+                "computes the cross-entropy itself."
+            )
         if args.rollback_on_worse_eval and eval_dataset is None:
             raise ValueError(
                 "`rollback_on_worse_eval`=True compares eval metrics between rounds: pass an `eval_dataset`."
@@ -227,6 +234,11 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, Trainer):
             )
 
         # Self-training state
+        if args.soft_pseudo_labels and self.model.config.num_labels < 2:
+            raise ValueError(
+                f"`soft_pseudo_labels`=True needs a classifier with >= 2 labels, got `num_labels`="
+                f"{self.model.config.num_labels}."
+            )
         if args.pseudo_label_top_k > self.model.config.num_labels:
             raise ValueError(
                 f"`pseudo_label_top_k` must be at most the model's {self.model.config.num_labels} classes, got "
@@ -347,7 +359,7 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, Trainer):
             )
         return prepared
 
-    def _predict(self, prepared) -> PseudoLabels:
+    def _predict(self, prepared, top_k: int | None = None) -> PseudoLabels:
         self._move_model_to_device(self.model, self.args.device)
         return predict_pool(
             self.model,
@@ -355,7 +367,7 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, Trainer):
             self.data_collator,
             self.accelerator,
             self.args.per_device_eval_batch_size,
-            top_k=self.args.pseudo_label_top_k,
+            top_k=self.args.pseudo_label_top_k if top_k is None else top_k,
             desc=f"Pseudo-labeling (round {self.current_round})",
             disable_tqdm=self.args.disable_tqdm,
         )
@@ -394,34 +406,62 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, Trainer):
             source = source.add_column(name, values)
         return source
 
-    def _label_and_select(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The current model's `(labels, confidences)` for the pool, and the selected rows."""
+    def _label_and_select(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """
+        The current model's `(labels, confidences)` for the pool, the selected rows, and with `soft_pseudo_labels`
+        every row's full distribution (else `None`).
+        """
         self.self_training_phase = "labeling"
-        pseudo_labels = self._predict(self.unlabeled_dataset)
+        num_labels = self.model.config.num_labels
+        # Soft targets need every class's probability: the pass keeps all of them, sorted, as its top-k.
+        top_k = num_labels if self.args.soft_pseudo_labels else self.args.pseudo_label_top_k
+        pseudo_labels = self._predict(self.unlabeled_dataset, top_k=top_k)
         labels, confidences = pseudo_labels.labels, pseudo_labels.confidences
         self.self_training_phase = "selecting"
-        selected = select_pseudo_labels(
-            labels,
-            confidences,
-            self.args.confidence_threshold,
-            class_prior=self.class_prior if self.args.class_balance else None,
-            max_pseudo_labels=self.args.max_pseudo_labels,
-        )
+        selected = self._select(labels, confidences).selected
         if self.args.save_pseudo_labels and self.args.should_save:
             path = os.path.join(self.args.output_dir, PSEUDO_LABELS_DIR, f"round-{self.current_round}.parquet")
             save_pseudo_labels(path, pseudo_labels, selected)
-        return labels, confidences, selected
+        probabilities = pseudo_labels.probabilities(num_labels) if self.args.soft_pseudo_labels else None
+        return labels, confidences, selected, probabilities
+
+    def _select(self, labels: np.ndarray, confidences: np.ndarray):
+        """This round's [`~hf_semisup.selection.Selection`] by `args.selection_strategy`."""
+        return select(
+            self.args.selection_strategy,
+            labels,
+            confidences,
+            num_labels=self.model.config.num_labels,
+            confidence_threshold=self.args.confidence_threshold,
+            class_prior=self.class_prior if self.args.class_balance else None,
+            max_pseudo_labels=self.args.max_pseudo_labels,
+            round_=self.current_round,
+            pseudo_label_fraction=self.args.pseudo_label_fraction,
+        )
 
     def _pseudo_labeled_train_set(self, record: dict, pseudo_labels=None) -> datasets.Dataset:
         """
-        Fill in `record` and return labeled + selected rows, from `pseudo_labels` (`(labels, confidences, selected)`,
-        e.g. restored from a checkpoint) or, by default, from labeling the pool with the current model now.
+        Fill in `record` and return labeled + selected rows, from `pseudo_labels` (`(labels, confidences, selected,
+        probabilities)`, e.g. restored from a checkpoint) or, by default, from labeling the pool with the current model
+        now. With `soft_pseudo_labels`, the rows carry soft targets and weights.
         """
-        labels, confidences, selected = pseudo_labels if pseudo_labels is not None else self._label_and_select()
+        pseudo_labels = pseudo_labels if pseudo_labels is not None else self._label_and_select()
+        labels, confidences, selected, probabilities = pseudo_labels
         labels_dir = os.path.join(self.args.output_dir, PSEUDO_LABELS_DIR)
         id2label = self.model.config.id2label
         counts = Counter(labels[selected].tolist())
         record["num_pseudo_labels"] = len(selected)
+        threshold, class_thresholds = selection_thresholds(
+            self.args.selection_strategy,
+            labels,
+            confidences,
+            selected,
+            num_labels=len(id2label),
+            confidence_threshold=self.args.confidence_threshold,
+        )
+        record["threshold"] = threshold
+        if class_thresholds is not None:
+            record["class_thresholds"] = {str(id2label[c]): float(t) for c, t in enumerate(class_thresholds)}
         record["pseudo_label_class_counts"] = {str(id2label[c]): counts.get(c, 0) for c in range(len(id2label))}
         record["num_confident"] = int((confidences >= self.args.confidence_threshold).sum())
         record["mean_confidence"] = float(confidences.mean())
@@ -444,7 +484,13 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, Trainer):
             )
             if pseudo.features != self.labeled_dataset.features:
                 pseudo = pseudo.cast(self.labeled_dataset.features)
-        return datasets.concatenate_datasets([self.labeled_dataset, pseudo])
+        if not self.args.soft_pseudo_labels:
+            return datasets.concatenate_datasets([self.labeled_dataset, pseudo])
+        # `pseudo` holds the selected rows in selection order, or in pool order when read back from a stream.
+        order = np.sort(selected) if isinstance(self.unlabeled_dataset, datasets.IterableDataset) else selected
+        pseudo = with_soft_targets(pseudo, probabilities[order], confidences[order])
+        labeled = one_hot_targets(self.labeled_dataset, len(id2label))
+        return datasets.concatenate_datasets([labeled, pseudo])
 
     # ---- Consistency hooks ------------------------------------------------------------------------------------------
     @property
@@ -461,10 +507,34 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, Trainer):
         return batch_samples, num_items_in_batch
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        soft_targets = pop_soft_targets(inputs)  # only rounds with soft pseudo-labels carry them
         batch = inputs.pop(CONSISTENCY_KEY, None)
-        if batch is None:  # evaluation, or the loss is off
+        if batch is not None:
+            return self.consistency.loss(
+                model, inputs, batch, return_outputs=return_outputs, soft_targets=soft_targets
+            )
+        if soft_targets is None:  # evaluation, or hard labels
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        return self.consistency.loss(model, inputs, batch, return_outputs=return_outputs)
+        return self._soft_label_loss(model, inputs, soft_targets, return_outputs)
+
+    def _soft_label_loss(self, model, inputs, soft_targets, return_outputs=False):
+        """
+        The mean over the micro-batch's rows of `weight * CE(soft target)`: the hard path's per-batch mean, which the
+        Trainer then divides by the gradient accumulation steps.
+        """
+        inputs = {k: v for k, v in inputs.items() if k != "labels"}  # the model's own (hard) loss is not wanted
+        outputs = model(**inputs)
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        targets, weights = soft_targets
+        losses = soft_cross_entropy(logits, targets, weights, self.args.label_smoothing_factor)
+        loss = losses.sum() / max(len(losses), 1)
+        return (loss, outputs) if return_outputs else loss
+
+    def _set_signature_columns_if_needed(self):
+        # Soft targets travel as dataset columns the model's forward does not take: `remove_unused_columns` must keep
+        # them for `compute_loss`, which pops them (trl's trainers extend the signature columns the same way).
+        super()._set_signature_columns_if_needed()
+        self._signature_columns += [c for c in SOFT_TARGET_COLUMNS if c not in self._signature_columns]
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Only training logs (they carry "loss") fold the metrics in: every process logs those at the same step.
@@ -723,9 +793,10 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, Trainer):
         logs = {
             "self_training_round": record["round"],
             "num_pseudo_labels": record["num_pseudo_labels"],
-            "pseudo_label_threshold": record["threshold"],
             "pseudo_label_collapse_alarm": float(record.get("collapse_alarm", False)),
         }
+        if record["threshold"] is not None:  # `"topk"` has none when it kept nothing
+            logs["pseudo_label_threshold"] = record["threshold"]
         if record.get("pseudo_label_accuracy") is not None:
             logs["pseudo_label_accuracy"] = record["pseudo_label_accuracy"]
         for name, count in record["pseudo_label_class_counts"].items():

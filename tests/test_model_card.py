@@ -169,6 +169,25 @@ def test_consistency_settings_and_citation_follow_the_config(card_run, monkeypat
     assert "**Consistency regularization:** off (weight 0" in text and "xie2020uda" not in text
 
 
+def test_selection_rule_follows_the_strategy(card_run, monkeypatch):
+    args = card_run.trainer.args
+    text = str(build_model_card(card_run.trainer))
+    assert "top softmax probability is at least\n  0.5" in text
+    assert "**Pseudo-label targets:**" not in text
+    monkeypatch.setattr(args, "selection_strategy", "topk")
+    monkeypatch.setattr(args, "pseudo_label_fraction", 0.25)
+    monkeypatch.setattr(args, "soft_pseudo_labels", True)
+    text = str(build_model_card(card_run.trainer))
+    assert (
+        "**Selection rule:** no confidence threshold: round r keeps the most confident 0.25 × r of the\n  pool."
+        in text
+    )
+    assert "**Pseudo-label targets:** soft: the student trains on the teacher's full probability distribution" in text
+    monkeypatch.setattr(args, "selection_strategy", "adaptive")
+    text = str(build_model_card(card_run.trainer))
+    assert "FlexMatch-style adaptive thresholds, at most\n  0.5)." in text
+
+
 def test_card_arguments_reach_the_metadata(card_run):
     card = build_model_card(
         card_run.trainer, language="en", license="apache-2.0", tags="movies", dataset_tags="imdb", dataset="IMDb"

@@ -1,0 +1,222 @@
+"""
+Choosing which pseudo-labels a round keeps.
+
+Every strategy is a pure function of the teacher's per-row `(labels, confidences)`, the labeled class prior, the round
+number and the configuration: the same inputs give the same rows, so a resumed run selects what an uninterrupted one
+did, whatever the number of processes.
+
+- `"threshold"`: rows whose confidence reaches a fixed `confidence_threshold` ([`select_pseudo_labels`]).
+- `"adaptive"`: a threshold per class that follows how well the model has learned the class, FlexMatch style
+  ([`adaptive_class_thresholds`]), then as `"threshold"`.
+- `"topk"`: no threshold; each round keeps the most confident rows of each class, a growing share of the pool
+  (curriculum style, [`select_top_k`]).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+SELECTION_STRATEGIES = ("threshold", "adaptive", "topk")
+
+# An adaptive threshold never drops to chance level (1 / num_labels, the lowest possible top probability): that would
+# accept every row predicted as the class.
+ADAPTIVE_FLOOR_MARGIN = 0.01
+
+
+@dataclass
+class Selection:
+    """
+    The rows a round keeps, and the thresholds that chose them.
+
+    Attributes:
+        selected (`np.ndarray` of `int64`):
+            Row indices, most confident first.
+        threshold (`float` or `None`):
+            The round's confidence threshold: `confidence_threshold` for `"threshold"` and `"adaptive"`, the lowest
+            accepted confidence for `"topk"` (`None` when nothing is kept).
+        class_thresholds (`np.ndarray` of `float64`, *optional*):
+            The per-class thresholds of `"adaptive"`.
+    """
+
+    selected: np.ndarray
+    threshold: float | None
+    class_thresholds: np.ndarray | None = None
+
+
+def select(
+    strategy: str,
+    labels: np.ndarray,
+    confidences: np.ndarray,
+    *,
+    num_labels: int,
+    confidence_threshold: float,
+    class_prior: np.ndarray | None = None,
+    max_pseudo_labels: int | None = None,
+    round_: int = 1,
+    pseudo_label_fraction: float = 0.2,
+) -> Selection:
+    """
+    Apply a selection strategy (one of [`SELECTION_STRATEGIES`]); `class_prior` is `None` without class balancing.
+    See [`SemiSupervisedConfig`] for what each argument means.
+    """
+    if strategy == "threshold":
+        selected = select_pseudo_labels(labels, confidences, confidence_threshold, class_prior, max_pseudo_labels)
+    elif strategy == "adaptive":
+        thresholds = adaptive_class_thresholds(labels, confidences, confidence_threshold, num_labels)
+        selected = select_pseudo_labels(labels, confidences, thresholds, class_prior, max_pseudo_labels)
+    elif strategy == "topk":
+        selected = select_top_k(labels, confidences, pseudo_label_fraction, round_, class_prior, max_pseudo_labels)
+    else:
+        raise ValueError(f"`selection_strategy` must be one of {SELECTION_STRATEGIES}, got {strategy!r}.")
+    threshold, class_thresholds = selection_thresholds(
+        strategy, labels, confidences, selected, num_labels=num_labels, confidence_threshold=confidence_threshold
+    )
+    return Selection(selected, threshold, class_thresholds)
+
+
+def selection_thresholds(
+    strategy: str,
+    labels: np.ndarray,
+    confidences: np.ndarray,
+    selected: np.ndarray,
+    *,
+    num_labels: int,
+    confidence_threshold: float,
+) -> tuple[float | None, np.ndarray | None]:
+    """
+    The `(threshold, class_thresholds)` of [`Selection`] for rows `selected` by `strategy`: recomputed from the labeling
+    pass alone, so a run resumed from saved pseudo-labels records what the uninterrupted one did.
+    """
+    if strategy == "topk":
+        return (float(np.asarray(confidences)[selected].min()) if len(selected) else None), None
+    if strategy == "adaptive":
+        return confidence_threshold, adaptive_class_thresholds(labels, confidences, confidence_threshold, num_labels)
+    return confidence_threshold, None
+
+
+def select_pseudo_labels(
+    labels: np.ndarray,
+    confidences: np.ndarray,
+    threshold: float | np.ndarray,
+    class_prior: np.ndarray | None = None,
+    max_pseudo_labels: int | None = None,
+) -> np.ndarray:
+    """
+    Row indices of the pseudo-labels to keep, most confident first.
+
+    Only rows whose confidence reaches `threshold` (a number, or one per class, indexed by the row's label) are
+    candidates. With a `class_prior` (class balancing), class `c` keeps its `floor(n * prior[c])` most confident
+    candidates, where `n` is the largest total every class can fill (and at most `max_pseudo_labels`): the kept set has
+    the labeled class proportions, and a class with no candidate means nothing is kept. Without it, the
+    `max_pseudo_labels` most confident candidates are kept.
+    """
+    labels, confidences = np.asarray(labels), np.asarray(confidences)
+    threshold = np.asarray(threshold, dtype=np.float64)
+    row_thresholds = threshold[labels] if threshold.ndim else threshold
+    candidates = np.flatnonzero(confidences >= row_thresholds)
+    candidates = _most_confident_first(candidates, confidences)
+    if class_prior is None:
+        return candidates[:max_pseudo_labels] if max_pseudo_labels is not None else candidates
+
+    class_prior = _normalized(class_prior)
+    counts = np.bincount(labels[candidates], minlength=len(class_prior))
+    present = class_prior > 0
+    total = np.floor(np.min(counts[present] / class_prior[present]) + 1e-9)
+    if max_pseudo_labels is not None:
+        total = min(total, max_pseudo_labels)
+    quotas = np.floor(total * class_prior + 1e-9).astype(np.int64)
+    return _keep_per_class(candidates, labels, confidences, quotas)
+
+
+def adaptive_class_thresholds(
+    labels: np.ndarray, confidences: np.ndarray, threshold: float, num_labels: int
+) -> np.ndarray:
+    r"""
+    FlexMatch's per-class thresholds (Zhang et al., 2021), from one labeling pass.
+
+    The learning status of class `c` is `sigma_c`, the number of rows predicted `c` with confidence >= `threshold`.
+    Normalized as `beta_c = sigma_c / max(max_c sigma_c, number of rows below threshold)` (the max with the unconfident
+    rows is FlexMatch's warm-up: while most of the pool is unconfident, every class's threshold stays low), it maps to
+    `threshold_c = M(beta_c) * threshold` with the convex `M(x) = x / (2 - x)`: a well-learned class keeps about
+    `threshold`, a class the model rarely predicts confidently gets a lower one, so more of its rows are kept. A
+    threshold never falls below `1 / num_labels + ADAPTIVE_FLOOR_MARGIN`.
+
+    Returns:
+        `np.ndarray` of `float64`, shape `(num_labels,)`.
+    """
+    labels, confidences = np.asarray(labels), np.asarray(confidences)
+    confident = confidences >= threshold
+    sigma = np.bincount(labels[confident], minlength=num_labels).astype(np.float64)
+    normalizer = max(sigma.max(initial=0.0), float((~confident).sum()))
+    beta = sigma / normalizer if normalizer > 0 else np.zeros(num_labels)
+    thresholds = beta / (2.0 - beta) * threshold
+    return np.maximum(thresholds, 1.0 / num_labels + ADAPTIVE_FLOOR_MARGIN)
+
+
+def select_top_k(
+    labels: np.ndarray,
+    confidences: np.ndarray,
+    fraction: float,
+    round_: int,
+    class_prior: np.ndarray | None = None,
+    max_pseudo_labels: int | None = None,
+) -> np.ndarray:
+    """
+    Row indices of round `round_`'s (1-based) most confident pseudo-labels, most confident first, with no threshold.
+
+    The round keeps `total = round(fraction * round_ * pool size)` rows, at most the pool and `max_pseudo_labels`, so
+    the share grows each round (a curriculum). With a `class_prior`, class `c` keeps its `quota_c` most confident rows,
+    `quota_c = total * prior[c]` rounded so that the quotas add up to `total` (largest remainders first); a class with
+    fewer predicted rows than its quota keeps all of them, and the others do not make up for it. Without it, the
+    `total` most confident rows are kept.
+    """
+    labels, confidences = np.asarray(labels), np.asarray(confidences)
+    total = min(int(np.floor(fraction * round_ * len(labels) + 0.5)), len(labels))
+    if max_pseudo_labels is not None:
+        total = min(total, max_pseudo_labels)
+    ranked = _most_confident_first(np.arange(len(labels)), confidences)
+    if class_prior is None:
+        return ranked[:total]
+    return _keep_per_class(ranked, labels, confidences, apportion(total, _normalized(class_prior)))
+
+
+def apportion(total: int, shares: np.ndarray) -> np.ndarray:
+    """`total * shares` rounded to integers that add up to `total`: floors, then +1 for the largest remainders."""
+    exact = total * np.asarray(shares, dtype=np.float64)
+    quotas = np.floor(exact + 1e-9).astype(np.int64)
+    remainders = exact - quotas
+    # Largest remainder first; ties go to the lower class index, so the result is deterministic.
+    order = np.argsort(-remainders, kind="stable")
+    quotas[order[: max(total - int(quotas.sum()), 0)]] += 1
+    return quotas
+
+
+def _normalized(class_prior) -> np.ndarray:
+    class_prior = np.asarray(class_prior, dtype=np.float64)
+    return class_prior / class_prior.sum()
+
+
+def _most_confident_first(rows: np.ndarray, confidences: np.ndarray) -> np.ndarray:
+    # Ties keep pool order, so the selection is deterministic.
+    return rows[np.argsort(-confidences[rows], kind="stable")]
+
+
+def _keep_per_class(ranked: np.ndarray, labels: np.ndarray, confidences: np.ndarray, quotas: np.ndarray) -> np.ndarray:
+    """The first `quotas[c]` rows of each class `c` from `ranked` (most confident first), most confident first."""
+    kept = [ranked[labels[ranked] == c][: quotas[c]] for c in range(len(quotas))]
+    kept = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+    return _most_confident_first(kept, confidences)
+
+
+__all__ = [
+    "ADAPTIVE_FLOOR_MARGIN",
+    "SELECTION_STRATEGIES",
+    "Selection",
+    "adaptive_class_thresholds",
+    "apportion",
+    "select",
+    "select_pseudo_labels",
+    "select_top_k",
+    "selection_thresholds",
+]
