@@ -602,9 +602,14 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, Trainer):
             checkpoint = resumed_dir if here is not None and here.step > 0 else None
             self._round_loss_sum = here.loss_sum if checkpoint is not None else 0.0
             self._seed_round(round_)
-            output = super().train(
-                resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
-            )
+            max_steps = self.args.max_steps
+            self.args.max_steps = self.args.round_max_steps(len(self.train_dataset), self.accelerator.num_processes)
+            try:
+                output = super().train(
+                    resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
+                )
+            finally:
+                self.args.max_steps = max_steps
             check_finite_model(self.model, f"Round {round_}, end of training")
             loss_sum = self._round_loss_sum
             record["train_loss"] = output.training_loss if loss_sum is None else loss_sum / max(output.global_step, 1)

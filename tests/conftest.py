@@ -90,6 +90,7 @@ def tiny_config(output_dir, **kwargs):
         disable_tqdm=True,
         use_cpu=True,
         seed=0,
+        min_steps_per_round=0,  # the epochs above, as written: tests count on their step numbers
     )
     defaults.update(kwargs)
     return SemiSupervisedConfig(**defaults)

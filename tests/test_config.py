@@ -50,6 +50,8 @@ def test_hf_argument_parser_reads_the_fields(tmp_path):
         ("max_pseudo_labels", 0),
         ("student_init", "warm"),
         ("max_length", 1),
+        ("min_steps_per_round", -5),
+        ("min_steps_per_round", 2.5),
     ],
 )
 def test_bad_values_name_the_field_and_value(tmp_path, field, value):
@@ -57,3 +59,18 @@ def test_bad_values_name_the_field_and_value(tmp_path, field, value):
         SemiSupervisedConfig(output_dir=str(tmp_path), **{field: value})
     assert field in str(error.value)
     assert repr(value) in str(error.value)
+
+
+def test_round_length_floor(tmp_path):
+    config = SemiSupervisedConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, min_steps_per_round=100)
+    # 16 labels: 3 epochs would be 6 steps, so the round takes the floor.
+    assert config.round_max_steps(16) == 100
+    # 1,016 rows: 3 epochs are 381 steps, more than the floor: epochs as usual.
+    assert config.round_max_steps(1016) == -1
+    # The floor counts optimizer steps: with 2 processes and accumulation 4, 3 epochs of 1,016 rows are 48 steps.
+    config.gradient_accumulation_steps = 4
+    assert config.round_max_steps(1016, world_size=2) == 100
+    assert config.round_max_steps(16 * 400, world_size=2) == -1
+    # An explicit max_steps wins, and 0 turns the floor off.
+    assert SemiSupervisedConfig(output_dir=str(tmp_path), max_steps=7).round_max_steps(16) == 7
+    assert SemiSupervisedConfig(output_dir=str(tmp_path), min_steps_per_round=0).round_max_steps(16) == -1

@@ -256,3 +256,24 @@ def test_gradient_accumulation_matches_the_big_batch_without_consistency(tmp_pat
     accumulated = update(per_device_train_batch_size=4, gradient_accumulation_steps=2)
     assert big.abs().max() > 0
     torch.testing.assert_close(accumulated, big, rtol=1e-4, atol=1e-6)
+
+
+def test_small_rounds_train_at_least_min_steps_per_round(tmp_path, tokenizer):
+    # threshold 0.5 without class balance accepts the whole pool, so round 1's length does not depend on the teacher.
+    config = tiny_config(
+        tmp_path, min_steps_per_round=40, num_train_epochs=1, self_training_rounds=1, confidence_threshold=0.5
+    )
+    config.class_balance = False
+    trainer = SemiSupervisedTrainer(
+        make_model(),
+        config,
+        train_dataset=toy_dataset(16),
+        processing_class=tokenizer,
+        unlabeled_dataset=toy_dataset(400, seed=4),
+    )
+    trainer.train()
+    first, second = trainer.self_training_history
+    assert first["train_steps"] == 40  # 16 labels: 1 epoch is 2 steps, raised to the floor
+    assert second["num_train_examples"] == 416
+    assert second["train_steps"] == 52  # the pseudo-labeled round: 1 epoch is more than the floor
+    assert trainer.args.max_steps == -1, "the per-round length must not leak into the arguments"
