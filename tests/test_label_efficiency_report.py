@@ -1,0 +1,68 @@
+"""The label-efficiency benchmark's bookkeeping: stratified draws, the gap-closed column, resumable settings."""
+
+import os
+import sys
+
+import datasets
+import numpy as np
+
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+import label_efficiency  # noqa: E402
+
+
+def run(system, accuracy, seed=0, budget=8, rounds=None):
+    return {
+        "system": system,
+        "budget": budget,
+        "seed": seed,
+        "test": {"accuracy": accuracy, "f1": accuracy - 0.01},
+        "seconds": 60.0,
+        **({"rounds": rounds} if rounds else {}),
+    }
+
+
+def test_gap_closed_and_pseudo_label_accuracy_columns():
+    rounds = [
+        {"round": 0, "num_pseudo_labels": 0, "pseudo_label_accuracy": None},
+        {"round": 1, "num_pseudo_labels": 100, "pseudo_label_accuracy": 0.8},
+    ]
+    results = [
+        run("supervised", 0.60),
+        run("supervised", 0.64, seed=1),
+        run("ceiling", 0.82),
+        run("ceiling", 0.82, seed=1),
+        run("both", 0.70, rounds=rounds),
+        run("both", 0.74, seed=1, rounds=rounds),
+    ]
+    lines = {line.split(" | ")[1]: line for line in label_efficiency.table(results).splitlines()[2:]}
+    # (0.72 - 0.62) / (0.82 - 0.62) = 50%
+    assert "| 50% |" in lines["both"]
+    assert "0.720 +- 0.028" in lines["both"]
+    assert "| 0.800 |" in lines["both"] and "| 100 |" in lines["both"]
+    assert "| 0% |" in lines["supervised"]
+    assert "| - |" in lines["ceiling"].split("0.820")[1]
+
+
+def test_draw_is_stratified_reproducible_and_disjoint():
+    labels = ["negative"] * 300 + ["positive"] * 100
+    train = datasets.Dataset.from_dict({"text": [f"text {i}" for i in range(400)], "label": labels})
+    args = type("Args", (), {"pool_size": 200, "ceiling_size": 150})()
+    split = label_efficiency.draw(train, train, budget=8, seed=3, args=args)
+    assert sorted(split.labeled["label"]) == ["negative"] * 8 + ["positive"] * 8
+    assert len(split.pool) == 200 and len(split.ceiling) == 150
+    assert not set(split.labeled["text"]) & set(split.pool["text"])
+    again = label_efficiency.draw(train, train, budget=8, seed=3, args=args)
+    assert again.labeled["text"] == split.labeled["text"] and again.pool["text"] == split.pool["text"]
+    other = label_efficiency.draw(train, train, budget=8, seed=4, args=args)
+    assert other.labeled["text"] != split.labeled["text"]
+
+
+def test_set_values_are_typed():
+    assert label_efficiency.parse_set(["learning_rate=1e-4", "max_steps=120", "class_balance=false", "x=topk"]) == {
+        "learning_rate": 1e-4,
+        "max_steps": 120,
+        "class_balance": False,
+        "x": "topk",
+    }
+    assert np.isclose(label_efficiency.parse_set(["a=.5"])["a"], 0.5)
