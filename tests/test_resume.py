@@ -154,6 +154,24 @@ def test_resume_from_a_given_checkpoint_with_reset_students(tmp_path, tokenizer)
     assert np.array_equal(got[3], expected[3])
 
 
+def test_resume_inside_a_round_stretched_by_min_steps_per_round(tmp_path, tokenizer):
+    # 24 labels, batch 8, 1 epoch: 3 steps, stretched to 12; the resumed round must run to 12 again, not 3.
+    config = dict(num_train_epochs=1, min_steps_per_round=12, save_strategy="steps", save_steps=4)
+    trainer = build(tmp_path, tokenizer, **config)
+    trainer.train()
+    expected = outcome(trainer)
+    assert expected[0][0]["train_steps"] == 12
+
+    resumed = build(tmp_path, tokenizer, **config)
+    starts = TrainBegins(resumed)
+    resumed.add_callback(starts)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "round-0" / "checkpoint-8"))
+    got = outcome(resumed)
+    assert starts.rounds_and_steps[0] == (0, 8)
+    assert got[0] == expected[0] and got[1] == expected[1]
+    assert np.array_equal(got[3], expected[3])
+
+
 def test_resume_without_a_saved_state_is_a_clear_error(tmp_path, tokenizer):
     trainer = build(tmp_path, tokenizer)
     with pytest.raises(ValueError, match="no self-training state was found"):
