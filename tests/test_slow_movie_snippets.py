@@ -7,7 +7,7 @@ from datasets import load_dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from hf_semisup import SemiSupervisedConfig, SemiSupervisedTrainer
-from hf_semisup.data import sample_labeled_per_class
+from hf_semisup.loading import sample_labeled_per_class
 
 
 DATA = os.environ.get(
