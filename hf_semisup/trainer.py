@@ -6,7 +6,6 @@ from collections import Counter
 import datasets
 import numpy as np
 import torch
-from accelerate.utils import broadcast_object_list
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -38,18 +37,18 @@ from .guards import NonFiniteError, check_finite_model, collapse_alarm, gathered
 from .metrics import accuracy, compute_classification_metrics
 from .model_card import write_model_card
 from .pseudo_labeling import PseudoLabels, predict_pool, save_pseudo_labels
+from .rounds import HISTORY_NAME, RoundHistoryMixin, synchronize_record
 from .selection import select, selection_thresholds
 from .soft_labels import SOFT_TARGET_COLUMNS, one_hot_targets, pop_soft_targets, soft_cross_entropy, with_soft_targets
 
 
 logger = logging.getLogger(__name__)
 
-HISTORY_NAME = "self_training_history.json"
 PSEUDO_LABELS_DIR = "pseudo_labels"
 HUB_IGNORE_PATTERNS = ["round-*", f"{PSEUDO_LABELS_DIR}/*"]
 
 
-class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, Trainer):
+class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Trainer):
     r"""
     A [`~transformers.Trainer`] for sequence classification that also learns from unlabeled text by iterative
     self-training.
@@ -738,90 +737,3 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, Trainer):
         if self.args.self_training_rounds == 0:
             return output_dir
         return os.path.join(output_dir, f"round-{self.current_round}")
-
-    def _eval_metric_key(self) -> str:
-        metric = self.args.metric_for_best_model or "loss"
-        return metric if metric.startswith("eval_") else f"eval_{metric}"
-
-    def _best_metric_key(self) -> str | None:
-        if not self.args.load_best_model_at_end or self.eval_dataset is None:
-            return None
-        return self._eval_metric_key()
-
-    def _round_metric(self, record: dict, key: str) -> float:
-        if key not in record:
-            raise KeyError(f"`metric_for_best_model`={key!r} is not among the eval metrics {sorted(record)}.")
-        return record[key]
-
-    def _is_better(self, metric: float, best: float) -> bool:
-        greater = self.args.greater_is_better
-        if greater is None:
-            greater = not self._eval_metric_key().endswith("loss")
-        return metric > best if greater else metric < best
-
-    def _track_best_round(self, record: dict):
-        key = self._best_metric_key()
-        if key is None:
-            return
-        metric = self._round_metric(record, key)
-        if self._best_metric is None or self._is_better(metric, self._best_metric):
-            self.best_round, self._best_metric = record["round"], metric
-            if record["round"] < self.args.self_training_rounds:
-                self._best_state = self._copy_state()
-
-    def _load_best_round(self):
-        if self.best_round is not None and self.best_round != self._model_round and self._best_state is not None:
-            logger.info(f"Loading the model of round {self.best_round}, the best by `{self._best_metric_key()}`.")
-            self.model.load_state_dict(self._best_state)
-
-    def _rollback_if_worse(self, record: dict) -> bool:
-        """With `rollback_on_worse_eval`: if this round's eval metric is worse than the previous round's, go back."""
-        if not self.args.rollback_on_worse_eval:
-            return False
-        key = self._eval_metric_key()
-        metric = self._round_metric(record, key)
-        previous = self.self_training_history[-1] if self.self_training_history else None
-        if previous is not None and self._is_better(previous[key], metric):
-            logger.warning(
-                f"Round {record['round']}: `{key}` got worse ({previous[key]:.6g} in round {previous['round']}, now "
-                f"{metric:.6g}). Going back to the model of round {previous['round']} and stopping "
-                "(`rollback_on_worse_eval`)."
-            )
-            self.model.load_state_dict(self._previous_state)
-            record.update(rolled_back_to_round=previous["round"], stopped="eval_metric_worse")
-            return True
-        self._previous_state = self._copy_state()
-        return False
-
-    def _end_round(self, record: dict):
-        self.self_training_history.append(record)
-        logs = {
-            "self_training_round": record["round"],
-            "num_pseudo_labels": record["num_pseudo_labels"],
-            "pseudo_label_collapse_alarm": float(record.get("collapse_alarm", False)),
-        }
-        if record["threshold"] is not None:  # `"topk"` has none when it kept nothing
-            logs["pseudo_label_threshold"] = record["threshold"]
-        if record.get("pseudo_label_accuracy") is not None:
-            logs["pseudo_label_accuracy"] = record["pseudo_label_accuracy"]
-        for name, count in record["pseudo_label_class_counts"].items():
-            logs[f"pseudo_labels_{name}"] = count
-        self.log(logs)
-        self._write_history()
-
-    def _write_history(self):
-        if self.args.should_save:
-            write_json_atomic(os.path.join(self.args.output_dir, HISTORY_NAME), self.self_training_history)
-
-
-def synchronize_record(accelerator, record: dict) -> dict:
-    """
-    The same round record on every process. Pseudo-label counts and eval metrics already agree (they come from
-    gathered predictions), but `Trainer` leaves in `train_loss` the local loss since the last logging step, and
-    timings are per process: average the loss, then take the main process's record.
-    """
-    if accelerator.num_processes == 1:
-        return record
-    loss = torch.tensor(float(record["train_loss"]), dtype=torch.float64, device=accelerator.device)
-    record["train_loss"] = accelerator.reduce(loss, reduction="mean").item()
-    return broadcast_object_list([record])[0]
