@@ -603,6 +603,12 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Trai
             self._seed_round(round_)
             max_steps = self.args.max_steps
             self.args.max_steps = self.args.round_max_steps(len(self.train_dataset), self.accelerator.num_processes)
+            if self.args.max_steps != max_steps:
+                logger.info(
+                    f"Round {round_}: {self.args.num_train_epochs:g} epochs of {len(self.train_dataset)} examples are "
+                    f"fewer than `min_steps_per_round`={self.args.min_steps_per_round} optimizer steps: training "
+                    f"{self.args.max_steps} steps."
+                )
             try:
                 output = super().train(
                     resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs

@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 
 import numpy as np
@@ -258,7 +259,7 @@ def test_gradient_accumulation_matches_the_big_batch_without_consistency(tmp_pat
     torch.testing.assert_close(accumulated, big, rtol=1e-4, atol=1e-6)
 
 
-def test_small_rounds_train_at_least_min_steps_per_round(tmp_path, tokenizer):
+def test_small_rounds_train_at_least_min_steps_per_round(tmp_path, tokenizer, caplog):
     # threshold 0.5 without class balance accepts the whole pool, so round 1's length does not depend on the teacher.
     config = tiny_config(
         tmp_path, min_steps_per_round=40, num_train_epochs=1, self_training_rounds=1, confidence_threshold=0.5
@@ -271,7 +272,12 @@ def test_small_rounds_train_at_least_min_steps_per_round(tmp_path, tokenizer):
         processing_class=tokenizer,
         unlabeled_dataset=toy_dataset(400, seed=4),
     )
-    trainer.train()
+    with caplog.at_level(logging.INFO, logger="hf_semisup.trainer"):
+        trainer.train()
+    stretched = [r.getMessage() for r in caplog.records if "min_steps_per_round" in r.getMessage()]
+    assert stretched == [
+        "Round 0: 1 epochs of 16 examples are fewer than `min_steps_per_round`=40 optimizer steps: training 40 steps."
+    ]
     first, second = trainer.self_training_history
     assert first["train_steps"] == 40  # 16 labels: 1 epoch is 2 steps, raised to the floor
     assert second["num_train_examples"] == 416
