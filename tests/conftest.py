@@ -26,8 +26,12 @@ def make_tokenizer(directory):
     from transformers import BertTokenizerFast
 
     path = os.path.join(directory, "vocab.txt")
-    with open(path, "w") as f:
+    # Written to a private file, then renamed: processes of a multi-process test share `directory`, and one must never
+    # read the vocabulary while another is rewriting it ("Missing [UNK] token").
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
         f.write("\n".join(SPECIAL + POSITIVE + NEGATIVE + FILLER) + "\n")
+    os.replace(tmp, path)
     return BertTokenizerFast(vocab=path, model_max_length=64)
 
 
