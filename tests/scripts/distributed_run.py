@@ -68,7 +68,9 @@ def train(out_dir) -> dict:
     replace = os.replace
 
     def recording_replace(src, dst, *args, **kwargs):
-        written.append(os.path.relpath(str(dst), out_dir))
+        path = os.path.relpath(str(dst), out_dir)
+        if path.startswith("output" + os.sep):  # the trainer's files, not the test's own tokenizer vocabulary
+            written.append(path)
         return replace(src, dst, *args, **kwargs)
 
     os.replace = recording_replace
