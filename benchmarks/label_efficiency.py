@@ -16,6 +16,9 @@ accuracy), and every system is scored on the whole test file, which nothing ever
 - defaults: `SemiSupervisedConfig` as it is, nothing changed but the benchmark settings;
 - ceiling: plain `transformers.Trainer` on `--ceiling-size` labeled rows of the pool;
 - strategy variants: adaptive, topk, soft, continue, rounds-1, rounds-3, rollback (what `--systems` names);
+- first teachers: embeddings (class prototypes of the initial encoder label round 1, top-k selection),
+  embeddings-threshold (the same teacher, threshold selection), model-teacher (the round-0 model labels round 1, threshold
+  selection: the defaults before `first_teacher` existed);
 - setfit: SetFit with the same MiniLM body, when the `setfit` package is installed.
 
 Prints a markdown table (mean +- std over seeds of accuracy and macro-F1, wall time, pseudo-label accuracy per round,
@@ -66,6 +69,15 @@ SYSTEMS = {
     "rounds-1": ("semisup", {"consistency_weight": 0.0, "self_training_rounds": 1}),
     "rounds-3": ("semisup", {"consistency_weight": 0.0, "self_training_rounds": 3}),
     "rollback": ("semisup", {"consistency_weight": 0.0, "rollback_on_worse_eval": True, "held_out": True}),
+    "embeddings": (
+        "semisup",
+        {"consistency_weight": 0.0, "first_teacher": "embeddings", "selection_strategy": "topk"},
+    ),
+    "embeddings-threshold": ("semisup", {"consistency_weight": 0.0, "first_teacher": "embeddings"}),
+    "model-teacher": (
+        "semisup",
+        {"consistency_weight": 0.0, "first_teacher": "model", "selection_strategy": "threshold"},
+    ),
     "setfit": ("setfit", {}),
 }
 DEFAULT_SYSTEMS = ["supervised", "self-training", "consistency", "both", "defaults", "ceiling"]

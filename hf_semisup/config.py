@@ -3,6 +3,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .embedding_teacher import FIRST_TEACHERS
 from .selection import SELECTION_STRATEGIES
 
 
@@ -40,6 +41,20 @@ class SemiSupervisedConfig(TrainingArguments):
             0.476 test accuracy, 60 steps 0.567, 100 steps 0.588, 120 steps 0.586, 240 steps 0.591: the gain levels
             off near 100). Large (pseudo-labeled) training sets keep their epochs. `max_steps > 0` overrides both;
             `0` turns the floor off (then `self_training_rounds=0` is exactly a plain `Trainer` run).
+        first_teacher (`str`, *optional*, defaults to `"model"`):
+            Who labels the pool in round 1:
+
+            - `"model"`: the model fine-tuned in round 0 on the labeled set, like every later teacher.
+            - `"embeddings"`: the initial (pretrained) encoder, untouched, through class prototypes: each text's
+              mean-pooled embedding is compared by cosine similarity with each class's mean labeled embedding (plus the
+              embedding of `label_name_template` filled in with the class name). A few labeled examples fine-tune a
+              weak and overconfident teacher; the pretrained embedding space already groups texts of a class, and
+              needs nothing trained (see `embedding_teacher.py`). Students from round 1 on, and later teachers, are
+              fine-tuned models as before.
+        label_name_template (`str` or `None`, *optional*, defaults to `"This sentence is {}."`):
+            With `first_teacher="embeddings"`, a prompt with `{}` for the class name whose embedding joins each class's
+            prototype, as in SetFit's templated examples. Skipped, with an info log, when a class name is a number or a
+            `LABEL_<i>` placeholder; `None` never uses the names.
 
         > Selection
 
@@ -159,6 +174,21 @@ class SemiSupervisedConfig(TrainingArguments):
         },
     )
 
+    first_teacher: str = field(
+        default="model",
+        metadata={
+            "help": "Who labels the pool in round 1: 'model' (the model fine-tuned on the labeled set in round 0) or "
+            "'embeddings' (class prototypes in the initial encoder's mean-pooled embedding space).",
+            "choices": list(FIRST_TEACHERS),
+        },
+    )
+    label_name_template: str | None = field(
+        default="This sentence is {}.",
+        metadata={
+            "help": "With first_teacher='embeddings': prompt with {} for the class name, embedded into each class's "
+            "prototype. Skipped when class names are numbers or LABEL_<i>; None never uses the names."
+        },
+    )
     min_steps_per_round: int = field(
         default=100,
         metadata={
@@ -328,6 +358,15 @@ class SemiSupervisedConfig(TrainingArguments):
             raise ValueError(f"`soft_pseudo_labels` must be True or False, got {self.soft_pseudo_labels!r}.")
         if self.student_init not in STUDENT_INITS:
             raise ValueError(f"`student_init` must be one of {STUDENT_INITS}, got {self.student_init!r}.")
+        if self.first_teacher not in FIRST_TEACHERS:
+            raise ValueError(f"`first_teacher` must be one of {FIRST_TEACHERS}, got {self.first_teacher!r}.")
+        if self.label_name_template is not None and (
+            not isinstance(self.label_name_template, str) or self.label_name_template.count("{}") != 1
+        ):
+            raise ValueError(
+                "`label_name_template` must be None or a string with one `{}` for the class name, got "
+                f"{self.label_name_template!r}."
+            )
         if isinstance(self.pseudo_label_top_k, bool) or not isinstance(self.pseudo_label_top_k, int):
             raise ValueError(f"`pseudo_label_top_k` must be an integer >= 0, got {self.pseudo_label_top_k!r}.")
         if self.pseudo_label_top_k < 0:

@@ -173,6 +173,8 @@ def build_model_card(
         selection_strategy=getattr(args, "selection_strategy", "threshold"),
         pseudo_label_fraction=getattr(args, "pseudo_label_fraction", None),
         soft_pseudo_labels=getattr(args, "soft_pseudo_labels", False),
+        first_teacher=getattr(args, "first_teacher", "model"),
+        label_name_template=getattr(args, "label_name_template", None),
         class_balance=args.class_balance,
         max_pseudo_labels=args.max_pseudo_labels,
         student_init=args.student_init,

@@ -33,6 +33,7 @@ from .data import (
     prepare_stream,
     pseudo_labeled_rows,
 )
+from .embedding_teacher import PrototypeClassifier, class_prototypes, usable_class_names
 from .guards import NonFiniteError, check_finite_model, collapse_alarm, gathered_loss
 from .metrics import accuracy, compute_classification_metrics
 from .model_card import write_model_card
@@ -245,7 +246,7 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Trai
             )
         self._user_optimizers = optimizers[0] is not None
         self._initial_state = None
-        if args.self_training_rounds > 0 and args.student_init == "reset":
+        if args.self_training_rounds > 0 and (args.student_init == "reset" or args.first_teacher == "embeddings"):
             self._initial_state = self._copy_state()
         counts = np.bincount(self.labeled_dataset["labels"], minlength=self.model.config.num_labels)
         self.class_prior = counts / counts.sum()
@@ -371,6 +372,49 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Trai
             disable_tqdm=self.args.disable_tqdm,
         )
 
+    def _predict_with_prototypes(self, top_k: int) -> PseudoLabels:
+        """The pool labeled by the initial encoder's class prototypes (`first_teacher="embeddings"`)."""
+        self._move_model_to_device(self.model, self.args.device)
+        trained = self._copy_state()
+        self._load_state(self._initial_state)
+        try:
+            prototypes = class_prototypes(
+                self.model,
+                self.labeled_dataset,
+                self.data_collator,
+                self.accelerator,
+                self.args.per_device_eval_batch_size,
+                num_labels=self.model.config.num_labels,
+                name_features=self._label_name_features(),
+                disable_tqdm=self.args.disable_tqdm,
+            )
+            return predict_pool(
+                PrototypeClassifier(self.model, prototypes),
+                self.unlabeled_dataset,
+                self.data_collator,
+                self.accelerator,
+                self.args.per_device_eval_batch_size,
+                top_k=top_k,
+                desc=f"Pseudo-labeling (round {self.current_round}, class prototypes)",
+                disable_tqdm=self.args.disable_tqdm,
+            )
+        finally:
+            self._load_state(trained)
+
+    def _label_name_features(self) -> list[dict] | None:
+        """`label_name_template` filled in with each class name and tokenized, or `None` when not used."""
+        template = self.args.label_name_template
+        names = usable_class_names(self.model.config.id2label) if template is not None else None
+        if names is None:
+            if template is not None:
+                logger.info(
+                    f"Class prototypes use the labeled examples only: the class names {self.model.config.id2label} "
+                    "are numbers or placeholders, so `label_name_template` is not used."
+                )
+            return None
+        encoded = self.processing_class([template.format(name) for name in names], truncation=True)
+        return [{k: encoded[k][i] for k in encoded.keys()} for i in range(len(names))]
+
     def pseudo_label(
         self, dataset: datasets.Dataset | datasets.IterableDataset | None = None
     ) -> datasets.Dataset | datasets.IterableDataset:
@@ -414,7 +458,10 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Trai
         num_labels = self.model.config.num_labels
         # Soft targets need every class's probability: the pass keeps all of them, sorted, as its top-k.
         top_k = num_labels if self.args.soft_pseudo_labels else self.args.pseudo_label_top_k
-        pseudo_labels = self._predict(self.unlabeled_dataset, top_k=top_k)
+        if self.current_round == 1 and self.args.first_teacher == "embeddings":
+            pseudo_labels = self._predict_with_prototypes(top_k)
+        else:
+            pseudo_labels = self._predict(self.unlabeled_dataset, top_k=top_k)
         labels, confidences = pseudo_labels.labels, pseudo_labels.confidences
         self.self_training_phase = "selecting"
         selected = self._select(labels, confidences).selected

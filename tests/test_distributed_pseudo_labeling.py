@@ -53,6 +53,8 @@ def single_process_labels(tmp_path_factory):
     labels = result["dataset"]["pseudo_label"]
     # The check below means something only if the teacher's answers vary.
     assert len(labels) == distributed_run.POOL_SIZE and 0 < sum(labels) < len(labels)
+    labels = result["prototypes"]["pseudo_label"]
+    assert len(labels) == distributed_run.POOL_SIZE and 0 < sum(labels) < len(labels)
     return result
 
 
@@ -68,6 +70,8 @@ def check_world_size_2(single, out_dir):
         assert_same_labels(single["dataset"], rank_result["dataset"])
         # A streamed pool is labeled in stream order, like the same rows held as a Dataset.
         assert_same_labels(single["dataset"], rank_result["iterable"])
+        # Each process embeds its share of the labeled set; the summed prototypes label the pool the same way.
+        assert_same_labels(single["prototypes"], rank_result["prototypes"])
 
 
 def test_stream_labels_like_dataset_in_one_process(single_process_labels):

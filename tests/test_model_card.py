@@ -253,3 +253,17 @@ def test_round_table_splits_metrics_of_several_eval_sets():
     columns, rows = _round_table([record], {"test": None, "test_hard": None})
     assert columns == ["test accuracy", "test_hard accuracy"]
     assert rows[0]["metrics"] == ["0.7500", "0.5000"]
+
+
+def test_method_names_the_first_teacher(card_run, monkeypatch):
+    args = card_run.trainer.args
+    monkeypatch.setattr(args, "first_teacher", "model")
+    assert "The first teacher (round 1) is not\nfine-tuned" not in str(build_model_card(card_run.trainer))
+    monkeypatch.setattr(args, "first_teacher", "embeddings")
+    monkeypatch.setattr(args, "label_name_template", "A {} text.")
+    text = str(build_model_card(card_run.trainer))
+    assert "The first teacher (round 1) is not\nfine-tuned" in text
+    assert 'plus that of the prompt "A {} text." naming the class).' in text
+    monkeypatch.setattr(args, "label_name_template", None)
+    text = str(build_model_card(card_run.trainer))
+    assert "mean embedding of its labeled examples)." in text and "naming the class" not in text

@@ -50,10 +50,29 @@ def label(out_dir) -> dict:
 
     pool = toy_dataset(POOL_SIZE, seed=2).remove_columns("label")
     # Large random weights: an untrained model whose predictions split between the classes at varied confidences.
-    trainer = build_trainer(out_dir, pool, model=make_model(seed=2, initializer_range=0.5))
+    trainer = build_trainer(
+        out_dir,
+        pool,
+        model=make_model(seed=2, initializer_range=0.5),
+        self_training_rounds=1,  # never trained here; the class prototypes label round 1
+        first_teacher="embeddings",
+    )
     return {
         "dataset": labeled_rows(trainer.pseudo_label()),
         "iterable": labeled_rows(trainer.pseudo_label(pool.to_iterable_dataset(num_shards=3))),
+        "prototypes": prototype_labels(trainer),
+    }
+
+
+def prototype_labels(trainer) -> dict:
+    """The class prototypes (48 labeled rows: ragged batches per process) and the pool's labels by them."""
+    trainer.current_round = 1
+    pseudo_labels = trainer._predict_with_prototypes(top_k=2)
+    return {
+        "pseudo_label": pseudo_labels.labels.tolist(),
+        "confidence": pseudo_labels.confidences.tolist(),
+        "top_k_labels": pseudo_labels.top_k_labels.tolist(),
+        "top_k_probabilities": pseudo_labels.top_k_probabilities.tolist(),
     }
 
 

@@ -1,0 +1,179 @@
+"""`first_teacher="embeddings"`: class prototypes from the initial encoder label the pool in round 1."""
+
+import logging
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from accelerate import Accelerator
+from conftest import make_model, tiny_config, toy_dataset
+from transformers import DataCollatorWithPadding
+
+from hf_semisup import SemiSupervisedConfig, SemiSupervisedTrainer
+from hf_semisup.embedding_teacher import (
+    PROTOTYPE_TEMPERATURE,
+    PrototypeClassifier,
+    class_prototypes,
+    mean_pooled_embeddings,
+    usable_class_names,
+)
+
+
+def embed(model, tokenizer, texts) -> torch.Tensor:
+    """The reference: one text at a time (no padding), mean of its last hidden states, unit length."""
+    model.eval()
+    with torch.no_grad():
+        rows = []
+        for text in texts:
+            hidden = model(**tokenizer(text, return_tensors="pt"), output_hidden_states=True).hidden_states[-1]
+            rows.append(torch.nn.functional.normalize(hidden[0].mean(0), dim=-1))
+    return torch.stack(rows)
+
+
+def prepared_labeled(tokenizer, dataset):
+    encoded = dataset.map(lambda b: tokenizer(b["text"], truncation=True), batched=True)
+    return encoded.map(lambda b: {"labels": [int(label == "positive") for label in b["label"]]}, batched=True)
+
+
+def test_usable_class_names():
+    assert usable_class_names({0: "negative", 1: "positive"}) == ["negative", "positive"]
+    assert usable_class_names({0: "LABEL_0", 1: "LABEL_1"}) is None
+    assert usable_class_names({0: 0, 1: 1}) is None
+    assert usable_class_names({0: "neg", 1: " "}) is None
+
+
+def test_mean_pooling_ignores_padding(tokenizer):
+    model = make_model(seed=1).eval()
+    texts = ["great movie", "the plot was very dull and the cast was weak"]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        pooled = mean_pooled_embeddings(model, dict(batch))
+    torch.testing.assert_close(pooled, embed(model, tokenizer, texts), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch_size", [3, 64])
+def test_class_prototypes_are_the_class_means_plus_the_names(tokenizer, batch_size):
+    model = make_model(seed=1)
+    dataset = toy_dataset(10, seed=4)
+    labeled = prepared_labeled(tokenizer, dataset)
+    labels = np.asarray(labeled["labels"])
+    names = ["This sentence is negative.", "This sentence is positive."]
+    name_features = [dict(tokenizer(text)) for text in names]
+    with torch.no_grad():
+        prototypes = class_prototypes(
+            model,
+            labeled,
+            DataCollatorWithPadding(tokenizer),
+            Accelerator(cpu=True),
+            batch_size,
+            num_labels=2,
+            name_features=name_features,
+            disable_tqdm=True,
+        )
+    assert model.training  # left as it was found
+    embeddings = embed(model, tokenizer, dataset["text"])
+    means = torch.stack([embeddings[labels == c].mean(0) for c in range(2)])
+    expected = torch.nn.functional.normalize(
+        torch.nn.functional.normalize(means, dim=-1) + embed(model, tokenizer, names), dim=-1
+    )
+    torch.testing.assert_close(prototypes, expected, rtol=0, atol=1e-5)
+
+
+def test_prototype_classifier_scores_cosine_similarity(tokenizer):
+    model = make_model(seed=1)
+    prototypes = torch.nn.functional.normalize(torch.randn(2, 32), dim=-1)
+    texts = ["great movie", "awful and dull"]
+    with torch.no_grad():
+        logits = PrototypeClassifier(model.eval(), prototypes)(**tokenizer(texts, padding=True, return_tensors="pt"))
+    expected = embed(model, tokenizer, texts) @ prototypes.T / PROTOTYPE_TEMPERATURE
+    torch.testing.assert_close(logits.logits, expected, rtol=0, atol=1e-4)
+
+
+def run_embedding_teacher(tmp_path, tokenizer, **config):
+    model = make_model(seed=1)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    args = tiny_config(
+        tmp_path,
+        self_training_rounds=1,
+        first_teacher="embeddings",
+        selection_strategy="topk",
+        pseudo_label_fraction=0.25,
+        **config,
+    )
+    labeled, pool = toy_dataset(16, seed=1), toy_dataset(40, seed=2)
+    trainer = SemiSupervisedTrainer(
+        model=model, args=args, train_dataset=labeled, processing_class=tokenizer, unlabeled_dataset=pool
+    )
+    states = {}
+    original = trainer._predict_with_prototypes
+
+    def spy(top_k):
+        states["before"] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        result = original(top_k)
+        states["after"] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        return result
+
+    trainer._predict_with_prototypes = spy
+    trainer.train()
+    return trainer, initial, states, labeled, pool
+
+
+def expected_prototype_labels(initial, tokenizer, labeled, pool, template="This sentence is {}."):
+    model = make_model(seed=1)
+    model.load_state_dict(initial)
+    embeddings = embed(model, tokenizer, labeled["text"])
+    labels = np.asarray([int(label == "positive") for label in labeled["label"]])
+    means = torch.nn.functional.normalize(torch.stack([embeddings[labels == c].mean(0) for c in range(2)]), dim=-1)
+    if template is not None:
+        means = means + embed(model, tokenizer, [template.format(n) for n in ("negative", "positive")])
+    prototypes = torch.nn.functional.normalize(means, dim=-1)
+    return (embed(model, tokenizer, pool["text"]) @ prototypes.T).argmax(-1).numpy()
+
+
+def test_round_1_is_labeled_by_the_initial_encoders_prototypes(tmp_path, tokenizer):
+    trainer, initial, states, labeled, pool = run_embedding_teacher(tmp_path, tokenizer)
+    table = pq.read_table(tmp_path / "pseudo_labels" / "round-1.parquet").to_pydict()
+    expected = expected_prototype_labels(initial, tokenizer, labeled, pool)
+    np.testing.assert_array_equal(table["label"], expected)
+    # The round-0 model, trained on the labeled set, is a different teacher: the check would catch labels from it.
+    assert any(not torch.equal(states["before"][k], initial[k]) for k in initial)
+    # Labeling puts the trained weights back; the student then starts from the initial ones (`reset`).
+    for k in initial:
+        torch.testing.assert_close(states["after"][k], states["before"][k], rtol=0, atol=0)
+    assert trainer.self_training_history[1]["num_pseudo_labels"] == 10  # topk: 0.25 of 40
+    assert trainer.self_training_history[1]["teacher_pool_accuracy"] == pytest.approx(
+        float(np.mean(expected == np.asarray([int(label == "positive") for label in pool["label"]])))
+    )
+
+
+def test_continue_student_keeps_the_round_0_weights(tmp_path, tokenizer):
+    trainer, initial, states, labeled, pool = run_embedding_teacher(tmp_path, tokenizer, student_init="continue")
+    table = pq.read_table(tmp_path / "pseudo_labels" / "round-1.parquet").to_pydict()
+    np.testing.assert_array_equal(table["label"], expected_prototype_labels(initial, tokenizer, labeled, pool))
+    for k in initial:
+        torch.testing.assert_close(states["after"][k], states["before"][k], rtol=0, atol=0)
+
+
+def test_placeholder_class_names_are_not_embedded(tmp_path, tokenizer, caplog):
+    model = make_model(seed=1)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    args = tiny_config(tmp_path, self_training_rounds=1, first_teacher="embeddings", selection_strategy="topk")
+    labeled, pool = toy_dataset(16, seed=1, names=None), toy_dataset(40, seed=2, names=None)
+    trainer = SemiSupervisedTrainer(
+        model=model, args=args, train_dataset=labeled, processing_class=tokenizer, unlabeled_dataset=pool
+    )
+    with caplog.at_level(logging.INFO, logger="hf_semisup.trainer"):
+        trainer.train()
+    assert "`label_name_template` is not used" in caplog.text
+    named = labeled.map(lambda row: {"label": ["negative", "positive"][row["label"]]})
+    table = pq.read_table(tmp_path / "pseudo_labels" / "round-1.parquet").to_pydict()
+    expected = expected_prototype_labels(initial, tokenizer, named, pool, template=None)
+    np.testing.assert_array_equal(table["label"], expected)
+
+
+def test_first_teacher_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="`first_teacher` must be one of .* got 'prototypes'"):
+        SemiSupervisedConfig(output_dir=str(tmp_path), first_teacher="prototypes")
+    with pytest.raises(ValueError, match="`label_name_template` must be None or a string with one `{}`"):
+        SemiSupervisedConfig(output_dir=str(tmp_path), label_name_template="This sentence is good.")
