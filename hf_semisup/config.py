@@ -41,7 +41,7 @@ class SemiSupervisedConfig(TrainingArguments):
             0.476 test accuracy, 60 steps 0.567, 100 steps 0.588, 120 steps 0.586, 240 steps 0.591: the gain levels
             off near 100). Large (pseudo-labeled) training sets keep their epochs. `max_steps > 0` overrides both;
             `0` turns the floor off (then `self_training_rounds=0` is exactly a plain `Trainer` run).
-        first_teacher (`str`, *optional*, defaults to `"model"`):
+        first_teacher (`str`, *optional*, defaults to `"embeddings"`):
             Who labels the pool in round 1:
 
             - `"model"`: the model fine-tuned in round 0 on the labeled set, like every later teacher.
@@ -67,7 +67,7 @@ class SemiSupervisedConfig(TrainingArguments):
             the majority class.
         max_pseudo_labels (`int` or `None`, *optional*, defaults to `None`):
             Largest number of pseudo-labels accepted per round (the most confident ones). `None` means no cap.
-        selection_strategy (`str`, *optional*, defaults to `"threshold"`):
+        selection_strategy (`str`, *optional*, defaults to `"topk"`):
             How a round chooses its pseudo-labels (see `selection.py`):
 
             - `"threshold"`: rows whose confidence reaches `confidence_threshold`.
@@ -175,7 +175,7 @@ class SemiSupervisedConfig(TrainingArguments):
     )
 
     first_teacher: str = field(
-        default="model",
+        default="embeddings",
         metadata={
             "help": "Who labels the pool in round 1: 'model' (the model fine-tuned on the labeled set in round 0) or "
             "'embeddings' (class prototypes in the initial encoder's mean-pooled embedding space).",
@@ -214,7 +214,7 @@ class SemiSupervisedConfig(TrainingArguments):
         metadata={"help": "Largest number of pseudo-labels accepted per round (the most confident). None: no cap."},
     )
     selection_strategy: str = field(
-        default="threshold",
+        default="topk",
         metadata={
             "help": "How a round chooses its pseudo-labels: 'threshold' (confidence >= confidence_threshold), "
             "'adaptive' (FlexMatch per-class thresholds from each class's learning status) or 'topk' (the most "

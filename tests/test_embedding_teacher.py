@@ -177,3 +177,23 @@ def test_first_teacher_config_errors(tmp_path):
         SemiSupervisedConfig(output_dir=str(tmp_path), first_teacher="prototypes")
     with pytest.raises(ValueError, match="`label_name_template` must be None or a string with one `{}`"):
         SemiSupervisedConfig(output_dir=str(tmp_path), label_name_template="This sentence is good.")
+
+
+def test_peft_student_is_labeled_by_the_base_encoders_prototypes(tmp_path, tokenizer):
+    from peft import LoraConfig
+
+    initial = make_model(seed=1).state_dict()
+    args = tiny_config(tmp_path, self_training_rounds=1, first_teacher="embeddings", selection_strategy="topk")
+    labeled, pool = toy_dataset(16, seed=1), toy_dataset(40, seed=2)
+    trainer = SemiSupervisedTrainer(
+        model=make_model(seed=1),
+        args=args,
+        train_dataset=labeled,
+        processing_class=tokenizer,
+        unlabeled_dataset=pool,
+        peft_config=LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8),
+    )
+    trainer.train()
+    # A fresh LoRA adapter adds zero: the prototypes are the base encoder's, whatever round 0 trained.
+    table = pq.read_table(tmp_path / "pseudo_labels" / "round-1.parquet").to_pydict()
+    np.testing.assert_array_equal(table["label"], expected_prototype_labels(initial, tokenizer, labeled, pool))

@@ -150,6 +150,8 @@ def test_only_non_default_hyperparameters_are_listed(card_run):
         "confidence_threshold": 0.5,
         "class_balance": False,
         "min_steps_per_round": 0,  # tiny_config's
+        "first_teacher": "model",
+        "selection_strategy": "threshold",
     }
     assert non_default_hyperparameters(card_run.trainer.args) == expected
     section = card_run.text.split("## Training hyperparameters\n", 1)[1].split("\n## ", 1)[0]
