@@ -158,7 +158,11 @@ def test_config_rejects_bad_values(tmp_path, field, value):
 
 def test_config_defaults_are_the_benchmarks(tmp_path):
     config = SemiSupervisedConfig(output_dir=str(tmp_path), report_to="none")
-    assert (config.first_teacher, config.selection_strategy, config.soft_pseudo_labels) == ("embeddings", "topk", False)
+    assert (config.first_teacher, config.selection_strategy, config.soft_pseudo_labels) == (
+        "embeddings",
+        "topk",
+        False,
+    )
     assert config.pseudo_label_fraction == 0.2
 
 
