@@ -66,3 +66,37 @@ def test_set_values_are_typed():
         "x": "topk",
     }
     assert np.isclose(label_efficiency.parse_set(["a=.5"])["a"], 0.5)
+
+
+def test_subjectivity_set_is_balanced_and_split_by_movie():
+    import make_subjectivity
+    import pandas as pd
+
+    plots = [
+        {
+            "category": "plot",
+            "movie_name": f"m{i}",
+            "text": f"Sam Spade meets client number {i} in the city. Short. "
+            f"He then follows the trail of clue number {i} to the docks.",
+        }
+        for i in range(20)
+    ]
+    reviews = [
+        {
+            "category": "fresh" if i % 2 else "rotten",
+            "movie_name": f"m{i % 20}",
+            "text": f"A  truly moving film, take {i}.",
+        }
+        for i in range(100)
+    ]
+    train, test = make_subjectivity.build(pd.DataFrame(plots + reviews), test_size=10, seed=0)
+    rows = train + test
+    # Two plot sentences of 5+ words per summary ("Short." is dropped), and as many review snippets, whitespace tidied.
+    assert sum(r["label"] == "objective" for r in rows) == sum(r["label"] == "subjective" for r in rows) == 40
+    assert all("  " not in r["text"] and "Short." not in r["text"] for r in rows)
+    assert 0 < len(test) <= 10 and set(r["text"] for r in train).isdisjoint(r["text"] for r in test)
+    movie_of = {" ".join(r["text"].split()): r["movie_name"] for r in reviews}
+    for p in plots:
+        movie_of.update({sentence: p["movie_name"] for sentence in make_subjectivity.SENTENCE_END.split(p["text"])})
+    train_movies, test_movies = ({movie_of[r["text"]] for r in part} for part in (train, test))
+    assert train_movies.isdisjoint(test_movies)
