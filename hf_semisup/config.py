@@ -196,7 +196,7 @@ class SemiSupervisedConfig(TrainingArguments):
         default="This sentence is {}.",
         metadata={
             "help": "With first_teacher='embeddings': prompt with {} for the class name, embedded into each class's "
-            "prototype. Skipped when class names are numbers or LABEL_<i>; None never uses the names."
+            "prototype. Skipped when class names are numbers or LABEL_<i>; none never uses the names."
         },
     )
     min_steps_per_round: int = field(
@@ -370,6 +370,8 @@ class SemiSupervisedConfig(TrainingArguments):
             raise ValueError(f"`student_init` must be one of {STUDENT_INITS}, got {self.student_init!r}.")
         if self.first_teacher not in FIRST_TEACHERS:
             raise ValueError(f"`first_teacher` must be one of {FIRST_TEACHERS}, got {self.first_teacher!r}.")
+        if isinstance(self.label_name_template, str) and self.label_name_template.strip().lower() in ("", "none"):
+            self.label_name_template = None  # how a command line says None
         if self.label_name_template is not None and (
             not isinstance(self.label_name_template, str) or self.label_name_template.count("{}") != 1
         ):

@@ -172,6 +172,18 @@ def test_placeholder_class_names_are_not_embedded(tmp_path, tokenizer, caplog):
     np.testing.assert_array_equal(table["label"], expected)
 
 
+def test_label_name_template_from_the_command_line(tmp_path):
+    from hf_semisup.cli import make_train_parser, parse_train_args
+
+    def parsed(value):
+        argv = ["--model_name_or_path", "m", "--output_dir", str(tmp_path), "--train_file", "x.csv"]
+        argv += ["--label_name_template", value]
+        return parse_train_args(make_train_parser(), argv)[-1].label_name_template
+
+    assert parsed("none") is None and parsed("None") is None and parsed("") is None
+    assert parsed("Label: {}") == "Label: {}"
+
+
 def test_first_teacher_config_errors(tmp_path):
     with pytest.raises(ValueError, match="`first_teacher` must be one of .* got 'prototypes'"):
         SemiSupervisedConfig(output_dir=str(tmp_path), first_teacher="prototypes")
