@@ -172,6 +172,24 @@ def test_resume_inside_a_round_stretched_by_min_steps_per_round(tmp_path, tokeni
     assert np.array_equal(got[3], expected[3])
 
 
+def test_resume_before_the_prototype_teacher_labels_round_1(tmp_path, tokenizer):
+    # Killed in round 0: the resumed run builds round 1's class prototypes from the initial weights again.
+    config = dict(first_teacher="embeddings", selection_strategy="topk", save_strategy="steps", save_steps=4)
+    trainer = build(tmp_path, tokenizer, **config)
+    trainer.train()
+    expected = outcome(trainer)
+    assert expected[0][1]["num_pseudo_labels"] > 0
+
+    resumed = build(tmp_path, tokenizer, **config)
+    starts = TrainBegins(resumed)
+    resumed.add_callback(starts)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "round-0" / "checkpoint-4"))
+    got = outcome(resumed)
+    assert starts.rounds_and_steps[0] == (0, 4)
+    assert got[0] == expected[0] and got[1] == expected[1]
+    assert np.array_equal(got[3], expected[3])
+
+
 def test_resume_without_a_saved_state_is_a_clear_error(tmp_path, tokenizer):
     trainer = build(tmp_path, tokenizer)
     with pytest.raises(ValueError, match="no self-training state was found"):
