@@ -138,56 +138,47 @@ class TrainBegins(TrainerCallback):
         self.rounds_and_steps.append((self.trainer.current_round, state.global_step))
 
 
-def test_resume_from_a_given_checkpoint_with_reset_students(tmp_path, tokenizer):
-    trainer = build(tmp_path, tokenizer, student_init="reset", save_strategy="steps", save_steps=4)
+def run_then_resume(tmp_path, tokenizer, checkpoint: str, **config):
+    """One uninterrupted run, then a second one resumed from `checkpoint` of its outputs: both outcomes, and the
+    second run's `(round, step)` at each train begin."""
+    trainer = build(tmp_path, tokenizer, **config)
     trainer.train()
     expected = outcome(trainer)
-    assert os.path.isdir(tmp_path / "round-1" / "checkpoint-8")
-
-    resumed = build(tmp_path, tokenizer, student_init="reset", save_strategy="steps", save_steps=4)
+    resumed = build(tmp_path, tokenizer, **config)
     starts = TrainBegins(resumed)
     resumed.add_callback(starts)
-    resumed.train(resume_from_checkpoint=str(tmp_path / "round-1" / "checkpoint-4"))
-    got = outcome(resumed)
-    assert starts.rounds_and_steps == [(1, 4)]  # round 0 skipped, round 1 continued after step 4
+    resumed.train(resume_from_checkpoint=str(tmp_path / checkpoint))
+    return expected, outcome(resumed), starts.rounds_and_steps
+
+
+def assert_same_outcome(got, expected):
     assert got[0] == expected[0] and got[1] == expected[1]
     assert np.array_equal(got[3], expected[3])
+
+
+def test_resume_from_a_given_checkpoint_with_reset_students(tmp_path, tokenizer):
+    config = dict(student_init="reset", save_strategy="steps", save_steps=4)
+    expected, got, starts = run_then_resume(tmp_path, tokenizer, "round-1/checkpoint-4", **config)
+    assert starts == [(1, 4)]  # round 0 skipped, round 1 continued after step 4
+    assert_same_outcome(got, expected)
 
 
 def test_resume_inside_a_round_stretched_by_min_steps_per_round(tmp_path, tokenizer):
     # 24 labels, batch 8, 1 epoch: 3 steps, stretched to 12; the resumed round must run to 12 again, not 3.
     config = dict(num_train_epochs=1, min_steps_per_round=12, save_strategy="steps", save_steps=4)
-    trainer = build(tmp_path, tokenizer, **config)
-    trainer.train()
-    expected = outcome(trainer)
+    expected, got, starts = run_then_resume(tmp_path, tokenizer, "round-0/checkpoint-8", **config)
     assert expected[0][0]["train_steps"] == 12
-
-    resumed = build(tmp_path, tokenizer, **config)
-    starts = TrainBegins(resumed)
-    resumed.add_callback(starts)
-    resumed.train(resume_from_checkpoint=str(tmp_path / "round-0" / "checkpoint-8"))
-    got = outcome(resumed)
-    assert starts.rounds_and_steps[0] == (0, 8)
-    assert got[0] == expected[0] and got[1] == expected[1]
-    assert np.array_equal(got[3], expected[3])
+    assert starts[0] == (0, 8)
+    assert_same_outcome(got, expected)
 
 
 def test_resume_before_the_prototype_teacher_labels_round_1(tmp_path, tokenizer):
     # Killed in round 0: the resumed run builds round 1's class prototypes from the initial weights again.
     config = dict(first_teacher="embeddings", selection_strategy="topk", save_strategy="steps", save_steps=4)
-    trainer = build(tmp_path, tokenizer, **config)
-    trainer.train()
-    expected = outcome(trainer)
+    expected, got, starts = run_then_resume(tmp_path, tokenizer, "round-0/checkpoint-4", **config)
     assert expected[0][1]["num_pseudo_labels"] > 0
-
-    resumed = build(tmp_path, tokenizer, **config)
-    starts = TrainBegins(resumed)
-    resumed.add_callback(starts)
-    resumed.train(resume_from_checkpoint=str(tmp_path / "round-0" / "checkpoint-4"))
-    got = outcome(resumed)
-    assert starts.rounds_and_steps[0] == (0, 4)
-    assert got[0] == expected[0] and got[1] == expected[1]
-    assert np.array_equal(got[3], expected[3])
+    assert starts[0] == (0, 4)
+    assert_same_outcome(got, expected)
 
 
 def test_resume_without_a_saved_state_is_a_clear_error(tmp_path, tokenizer):
