@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .data import MODEL_INPUT_COLUMNS
-from .pseudo_labeling import length_sorted_shard, row_lengths
+from .pseudo_labeling import shard_batches
 
 
 logger = logging.getLogger(__name__)
@@ -91,8 +91,6 @@ def class_prototypes(
     across processes, so every process returns the same prototypes. Must be called on every process.
     """
     device = accelerator.device
-    rows = length_sorted_shard(row_lengths(labeled), accelerator.process_index, accelerator.num_processes)
-    inputs = labeled.select_columns([c for c in labeled.column_names if c in MODEL_INPUT_COLUMNS])
     labels = np.asarray(labeled["labels"])
     sums, counts = None, torch.zeros(num_labels, device=device)
     was_training = model.training
@@ -105,17 +103,13 @@ def class_prototypes(
     )
     try:
         with progress:
-            for start in range(0, len(rows), batch_size):
-                batch_rows = rows[start : start + batch_size]
-                batch = inputs[batch_rows]
-                features = [{k: values[i] for k, values in batch.items()} for i in range(len(batch_rows))]
+            for batch_rows, features in shard_batches(labeled, accelerator, batch_size, progress):
                 embeddings = _embed(model, collator, features, accelerator)
                 if sums is None:
                     sums = torch.zeros(num_labels, embeddings.shape[-1], device=device)
                 batch_labels = torch.as_tensor(labels[batch_rows], device=device)
                 sums.index_add_(0, batch_labels, embeddings)
                 counts += torch.bincount(batch_labels, minlength=num_labels).float()
-                progress.update(min(len(batch_rows) * accelerator.num_processes, progress.total - progress.n))
             names = _embed(model, collator, name_features, accelerator) if name_features else None
     finally:
         model.train(was_training)

@@ -282,15 +282,24 @@ def predict_pool(
     return results.gather(num_rows)
 
 
-def _predict_dataset(model, dataset, collator, accelerator, batch_size, results, progress) -> int:
+def shard_batches(dataset: datasets.Dataset, accelerator, batch_size: int, progress=None):
+    """
+    This process's rows of `dataset` ([`length_sorted_shard`]) in batches: yields `(row indices, features)`, the
+    features holding only the model inputs, and advances `progress` by the rows all processes handle per batch.
+    """
     rows = length_sorted_shard(row_lengths(dataset), accelerator.process_index, accelerator.num_processes)
     inputs = dataset.select_columns([c for c in dataset.column_names if c in MODEL_INPUT_COLUMNS])
     for start in range(0, len(rows), batch_size):
         batch_rows = rows[start : start + batch_size]
         batch = inputs[batch_rows]
-        features = [{k: values[i] for k, values in batch.items()} for i in range(len(batch_rows))]
+        yield batch_rows, [{k: values[i] for k, values in batch.items()} for i in range(len(batch_rows))]
+        if progress is not None:
+            progress.update(min(len(batch_rows) * accelerator.num_processes, progress.total - progress.n))
+
+
+def _predict_dataset(model, dataset, collator, accelerator, batch_size, results, progress) -> int:
+    for batch_rows, features in shard_batches(dataset, accelerator, batch_size, progress):
         results.predict(model, collator, features, batch_rows)
-        progress.update(min(len(batch_rows) * accelerator.num_processes, progress.total - progress.n))
     return len(dataset)
 
 
