@@ -404,13 +404,18 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Trai
     def _label_name_features(self) -> list[dict] | None:
         """`label_name_template` filled in with each class name and tokenized, or `None` when not used."""
         template = self.args.label_name_template
-        names = usable_class_names(self.model.config.id2label) if template is not None else None
-        if names is None:
-            if template is not None:
-                logger.info(
-                    f"Class prototypes use the labeled examples only: the class names {self.model.config.id2label} "
-                    "are numbers or placeholders, so `label_name_template` is not used."
-                )
+        if template is None:
+            return None
+        names = usable_class_names(self.model.config.id2label)
+        if names is None or self.processing_class is None:
+            reason = (
+                f"the class names {self.model.config.id2label} are numbers or placeholders"
+                if names is None
+                else "there is no `processing_class` to tokenize it"
+            )
+            logger.info(
+                f"Class prototypes use the labeled examples only: {reason}, so `label_name_template` is unused."
+            )
             return None
         encoded = self.processing_class([template.format(name) for name in names], truncation=True)
         return [{k: encoded[k][i] for k in encoded.keys()} for i in range(len(names))]

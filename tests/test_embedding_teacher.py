@@ -165,11 +165,27 @@ def test_placeholder_class_names_are_not_embedded(tmp_path, tokenizer, caplog):
     )
     with caplog.at_level(logging.INFO, logger="hf_semisup.trainer"):
         trainer.train()
-    assert "`label_name_template` is not used" in caplog.text
+    assert "numbers or placeholders, so `label_name_template` is unused" in caplog.text
     named = labeled.map(lambda row: {"label": ["negative", "positive"][row["label"]]})
     table = pq.read_table(tmp_path / "pseudo_labels" / "round-1.parquet").to_pydict()
     expected = expected_prototype_labels(initial, tokenizer, named, pool, template=None)
     np.testing.assert_array_equal(table["label"], expected)
+
+
+def test_no_tokenizer_no_label_names(tmp_path, tokenizer, caplog):
+    args = tiny_config(tmp_path, self_training_rounds=1, first_teacher="embeddings")
+    trainer = SemiSupervisedTrainer(
+        model=make_model(),
+        args=args,
+        train_dataset=toy_dataset(8),
+        processing_class=tokenizer,
+        unlabeled_dataset=toy_dataset(8, seed=1),
+    )
+    assert len(trainer._label_name_features()) == 2
+    trainer.processing_class = None  # e.g. pre-tokenized datasets and a collator of their own
+    with caplog.at_level(logging.INFO, logger="hf_semisup.trainer"):
+        assert trainer._label_name_features() is None
+    assert "no `processing_class` to tokenize it" in caplog.text
 
 
 def test_label_name_template_from_the_command_line(tmp_path):
