@@ -178,6 +178,7 @@ def build_model_card(
         class_balance=args.class_balance,
         max_pseudo_labels=args.max_pseudo_labels,
         student_init=args.student_init,
+        student_epochs=_student_epochs(args),
         consistency=None
         if consistency_weight is None
         else {
@@ -312,6 +313,13 @@ def _eval_result(trainer, eval_name, data, metric, value, dataset_tags, dataset,
 
 
 # ---- Names ------------------------------------------------------------------------------------------------------------
+def _student_epochs(args) -> str | None:
+    """Each student's epochs, as the card writes them (`"1"`, `"2.5"`), or `None` when `max_steps` sets the length."""
+    if args.max_steps > 0 or not hasattr(args, "round_epochs"):
+        return None
+    return f"{args.round_epochs(1):g}"
+
+
 def _base_model_name(model) -> str:
     if is_peft_model(model):
         name = model.active_peft_config.base_model_name_or_path

@@ -54,7 +54,7 @@ def select(
     class_prior: np.ndarray | None = None,
     max_pseudo_labels: int | None = None,
     round_: int = 1,
-    pseudo_label_fraction: float = 0.2,
+    pseudo_label_fraction: float = 0.4,
 ) -> Selection:
     """
     Apply a selection strategy (one of [`SELECTION_STRATEGIES`]); `class_prior` is `None` without class balancing.

@@ -653,8 +653,11 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Trai
             checkpoint = resumed_dir if here is not None and here.step > 0 else None
             self._round_loss_sum = here.loss_sum if checkpoint is not None else 0.0
             self._seed_round(round_)
-            max_steps = self.args.max_steps
-            self.args.max_steps = self.args.round_max_steps(len(self.train_dataset), self.accelerator.num_processes)
+            max_steps, epochs = self.args.max_steps, self.args.num_train_epochs
+            self.args.max_steps = self.args.round_max_steps(
+                len(self.train_dataset), self.accelerator.num_processes, round_=round_
+            )
+            self.args.num_train_epochs = self.args.round_epochs(round_)
             if self.args.max_steps != max_steps:
                 logger.info(
                     f"Round {round_}: {self.args.num_train_epochs:g} epochs of {len(self.train_dataset)} examples are "
@@ -666,7 +669,7 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Trai
                     resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
                 )
             finally:
-                self.args.max_steps = max_steps
+                self.args.max_steps, self.args.num_train_epochs = max_steps, epochs
             check_finite_model(self.model, f"Round {round_}, end of training")
             loss_sum = self._round_loss_sum
             record["train_loss"] = output.training_loss if loss_sum is None else loss_sum / max(output.global_step, 1)

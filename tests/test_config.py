@@ -28,6 +28,7 @@ def test_hf_argument_parser_reads_the_fields(tmp_path):
             "--class_balance", "false",
             "--max_pseudo_labels", "100",
             "--student_init", "continue",
+            "--student_epochs", "2.5",
             "--text_column", "sentence",
         ]
     )  # fmt: skip
@@ -36,6 +37,7 @@ def test_hf_argument_parser_reads_the_fields(tmp_path):
     assert config.class_balance is False
     assert config.max_pseudo_labels == 100
     assert config.student_init == "continue"
+    assert config.student_epochs == 2.5
     assert config.text_column == "sentence"
 
 
@@ -52,6 +54,10 @@ def test_hf_argument_parser_reads_the_fields(tmp_path):
         ("max_length", 1),
         ("min_steps_per_round", -5),
         ("min_steps_per_round", 2.5),
+        ("student_epochs", 0),
+        ("student_epochs", -1.0),
+        ("student_epochs", "one"),
+        ("student_epochs", float("nan")),
     ],
 )
 def test_bad_values_name_the_field_and_value(tmp_path, field, value):
@@ -74,3 +80,18 @@ def test_round_length_floor(tmp_path):
     # An explicit max_steps wins, and 0 turns the floor off.
     assert SemiSupervisedConfig(output_dir=str(tmp_path), max_steps=7).round_max_steps(16) == 7
     assert SemiSupervisedConfig(output_dir=str(tmp_path), min_steps_per_round=0).round_max_steps(16) == -1
+
+
+def test_students_train_student_epochs_and_round_0_num_train_epochs(tmp_path):
+    config = SemiSupervisedConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, min_steps_per_round=100)
+    assert (config.num_train_epochs, config.student_epochs) == (3.0, 1.0)
+    assert config.round_epochs(0) == 3.0
+    assert config.round_epochs(1) == config.round_epochs(2) == 1.0
+    # 1,016 rows: 3 epochs (round 0) are 381 steps, above the floor; 1 epoch (a student) is 127 steps, still above it.
+    assert config.round_max_steps(1016, round_=0) == config.round_max_steps(1016, round_=1) == -1
+    # 416 rows: 3 epochs are 156 steps, 1 epoch is 52, so the student takes the floor.
+    assert config.round_max_steps(416, round_=0) == -1
+    assert config.round_max_steps(416, round_=2) == 100
+    config.student_epochs = None
+    assert config.round_epochs(2) == 3.0
+    assert config.round_max_steps(416, round_=2) == -1

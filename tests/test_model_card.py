@@ -150,6 +150,7 @@ def test_only_non_default_hyperparameters_are_listed(card_run):
         "confidence_threshold": 0.5,
         "class_balance": False,
         "min_steps_per_round": 0,  # tiny_config's
+        "student_epochs": None,  # tiny_config's
         "first_teacher": "model",
         "selection_strategy": "threshold",
     }
@@ -269,3 +270,17 @@ def test_method_names_the_first_teacher(card_run, monkeypatch):
     monkeypatch.setattr(args, "label_name_template", None)
     text = str(build_model_card(card_run.trainer))
     assert "mean embedding of its labeled examples)." in text and "naming the class" not in text
+
+
+def test_method_gives_the_students_epochs(card_run, monkeypatch):
+    # tiny_config's students train num_train_epochs (2 here); the default is one epoch; max_steps makes epochs moot.
+    assert "each student starts from the initial weights, as in Noisy Student and STraTA, and trains 2 epochs" in (
+        card_run.text.replace("\n  ", " ")
+    )
+    args = card_run.trainer.args
+    monkeypatch.setattr(args, "student_epochs", 1.0)
+    text = str(build_model_card(card_run.trainer)).replace("\n  ", " ")
+    assert "and trains 1 epoch on the labeled and pseudo-labeled examples." in text
+    monkeypatch.setattr(args, "max_steps", 10)
+    text = str(build_model_card(card_run.trainer)).replace("\n  ", " ")
+    assert "and STraTA." in text and "epoch on the labeled" not in text

@@ -163,7 +163,7 @@ def test_config_defaults_are_the_benchmarks(tmp_path):
         "topk",
         False,
     )
-    assert config.pseudo_label_fraction == 0.2
+    assert (config.pseudo_label_fraction, config.student_epochs) == (0.4, 1.0)
 
 
 # ---- Soft pseudo-labels: storage and loss -------------------------------------------------------------------------------

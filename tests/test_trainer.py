@@ -283,3 +283,22 @@ def test_small_rounds_train_at_least_min_steps_per_round(tmp_path, tokenizer, ca
     assert second["num_train_examples"] == 416
     assert second["train_steps"] == 52  # the pseudo-labeled round: 1 epoch is more than the floor
     assert trainer.args.max_steps == -1, "the per-round length must not leak into the arguments"
+
+
+def test_students_train_student_epochs(tmp_path, tokenizer):
+    # Round 0 trains num_train_epochs on the labels; each student trains student_epochs on labeled + pseudo-labeled rows.
+    config = tiny_config(
+        tmp_path, num_train_epochs=2, student_epochs=1, self_training_rounds=2, confidence_threshold=0.5
+    )
+    config.class_balance = False  # threshold 0.5 without class balance keeps the whole pool: known lengths
+    trainer = SemiSupervisedTrainer(
+        make_model(),
+        config,
+        train_dataset=toy_dataset(16),
+        processing_class=tokenizer,
+        unlabeled_dataset=toy_dataset(400, seed=4),
+    )
+    trainer.train()
+    assert [r["num_train_examples"] for r in trainer.self_training_history] == [16, 416, 416]
+    assert [r["train_steps"] for r in trainer.self_training_history] == [4, 52, 52]
+    assert trainer.args.num_train_epochs == 2, "the students' epochs must not leak into the arguments"
