@@ -18,7 +18,9 @@ accuracy), and every system is scored on the whole test file, which nothing ever
 - strategy variants: adaptive, topk, soft, continue, rounds-1, rounds-3, rollback (what `--systems` names);
 - first teachers: embeddings (class prototypes of the initial encoder label round 1, top-k selection),
   embeddings-threshold (the same teacher, threshold selection), model-teacher (the round-0 model labels round 1, threshold
-  selection: the defaults before `first_teacher` existed);
+  selection, students train `num_train_epochs`: the defaults before `first_teacher` existed);
+- fraction-0.2-3-epochs: the defaults before `student_epochs` existed (a fifth of the pool more each round, students
+  train `num_train_epochs`);
 - setfit: SetFit with the same MiniLM body, when the `setfit` package is installed.
 
 Prints a markdown table (mean +- std over seeds of accuracy and macro-F1, wall time, pseudo-label accuracy per round,
@@ -76,7 +78,16 @@ SYSTEMS = {
     "embeddings-threshold": ("semisup", {"consistency_weight": 0.0, "first_teacher": "embeddings"}),
     "model-teacher": (
         "semisup",
-        {"consistency_weight": 0.0, "first_teacher": "model", "selection_strategy": "threshold"},
+        {
+            "consistency_weight": 0.0,
+            "first_teacher": "model",
+            "selection_strategy": "threshold",
+            "student_epochs": None,
+        },
+    ),
+    "fraction-0.2-3-epochs": (
+        "semisup",
+        {"consistency_weight": 0.0, "pseudo_label_fraction": 0.2, "student_epochs": None},
     ),
     "setfit": ("setfit", {}),
 }
@@ -229,7 +240,23 @@ def run_semisup(split: Split, overrides: dict, seed: int, args, model_path: str,
             for r in trainer.self_training_history
         ]
         result = {"test": predict_test(trainer, split.test, tokenizer, model.config.label2id, args.max_length)}
-        return {**result, "rounds": rounds}
+        # What the run's settings were, so a row stays readable after the defaults change.
+        return {**result, "rounds": rounds, "config": {name: getattr(config, name) for name in RECORDED_FIELDS}}
+
+
+# The self-training settings each semi-supervised run records in `results.json`.
+RECORDED_FIELDS = (
+    "self_training_rounds",
+    "first_teacher",
+    "selection_strategy",
+    "pseudo_label_fraction",
+    "confidence_threshold",
+    "soft_pseudo_labels",
+    "student_init",
+    "num_train_epochs",
+    "student_epochs",
+    "consistency_weight",
+)
 
 
 def run_setfit(split: Split, seed: int, args, model_path: str) -> dict:
