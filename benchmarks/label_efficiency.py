@@ -19,6 +19,7 @@ accuracy), and every system is scored on the whole test file, which nothing ever
 - first teachers: embeddings (class prototypes of the initial encoder label round 1, top-k selection),
   embeddings-threshold (the same teacher, threshold selection), model-teacher (the round-0 model labels round 1, threshold
   selection, students train `num_train_epochs`: the defaults before `first_teacher` existed);
+- fraction-0.2: one-epoch students with a fifth of the pool more each round;
 - fraction-0.2-3-epochs: the defaults before `student_epochs` existed (a fifth of the pool more each round, students
   train `num_train_epochs`);
 - setfit: SetFit with the same MiniLM body, when the `setfit` package is installed.
@@ -85,6 +86,7 @@ SYSTEMS = {
             "student_epochs": None,
         },
     ),
+    "fraction-0.2": ("semisup", {"consistency_weight": 0.0, "pseudo_label_fraction": 0.2}),
     "fraction-0.2-3-epochs": (
         "semisup",
         {"consistency_weight": 0.0, "pseudo_label_fraction": 0.2, "student_epochs": None},

@@ -100,3 +100,18 @@ def test_subjectivity_set_is_balanced_and_split_by_movie():
         movie_of.update({sentence: p["movie_name"] for sentence in make_subjectivity.SENTENCE_END.split(p["text"])})
     train_movies, test_movies = ({movie_of[r["text"]] for r in part} for part in (train, test))
     assert train_movies.isdisjoint(test_movies)
+
+
+def test_every_system_is_a_valid_config_and_records_real_fields(tmp_path):
+    from hf_semisup import SemiSupervisedConfig
+
+    for name, (kind, overrides) in label_efficiency.SYSTEMS.items():
+        if kind != "semisup":
+            continue
+        settings = {k: v for k, v in overrides.items() if k not in ("held_out", "consistency")}
+        config = SemiSupervisedConfig(output_dir=str(tmp_path), report_to="none", **settings)
+        recorded = {field: getattr(config, field) for field in label_efficiency.RECORDED_FIELDS}
+        assert all(recorded[k] == v for k, v in settings.items() if k in recorded), name
+    # The earlier defaults the README's older tables measured, kept reproducible by name.
+    earlier = label_efficiency.SYSTEMS["fraction-0.2-3-epochs"][1]
+    assert (earlier["pseudo_label_fraction"], earlier["student_epochs"]) == (0.2, None)
