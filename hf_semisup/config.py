@@ -117,9 +117,8 @@ class SemiSupervisedConfig(TrainingArguments):
         0.022 against 0.865) and rose at 32 (movie snippets 0.719 +- 0.019 against 0.709), and every seed of both
         sets is now above supervised-only. The two go together: one-epoch students with a fifth of the pool per round
         score lower on both sets and budgets (0.666, 0.859, 0.700) and fall below supervised-only on subjectivity's
-        seed 0. These were
-        measured with a sentence-embedding encoder (all-MiniLM-L6-v2); for an encoder not trained for sentence
-        embeddings, compare with `first_teacher="model"` on validation data.
+        seed 0. These were measured with a sentence-embedding encoder (all-MiniLM-L6-v2); for an encoder not trained
+        for sentence embeddings, compare with `first_teacher="model"` on validation data.
 
         > Consistency
 
