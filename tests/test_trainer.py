@@ -259,18 +259,22 @@ def test_gradient_accumulation_matches_the_big_batch_without_consistency(tmp_pat
     torch.testing.assert_close(accumulated, big, rtol=1e-4, atol=1e-6)
 
 
-def test_small_rounds_train_at_least_min_steps_per_round(tmp_path, tokenizer, caplog):
-    # threshold 0.5 without class balance accepts the whole pool, so round 1's length does not depend on the teacher.
-    config = tiny_config(
-        tmp_path, min_steps_per_round=40, num_train_epochs=1, self_training_rounds=1, confidence_threshold=0.5
-    )
-    config.class_balance = False
-    trainer = SemiSupervisedTrainer(
+def whole_pool_trainer(tmp_path, tokenizer, **config) -> SemiSupervisedTrainer:
+    """16 labels and a 400-row pool that every round takes whole, so the rounds' lengths do not depend on the teacher."""
+    args = tiny_config(tmp_path, confidence_threshold=0.5, **config)
+    args.class_balance = False  # threshold 0.5 without class balance accepts every row
+    return SemiSupervisedTrainer(
         make_model(),
-        config,
+        args,
         train_dataset=toy_dataset(16),
         processing_class=tokenizer,
         unlabeled_dataset=toy_dataset(400, seed=4),
+    )
+
+
+def test_small_rounds_train_at_least_min_steps_per_round(tmp_path, tokenizer, caplog):
+    trainer = whole_pool_trainer(
+        tmp_path, tokenizer, min_steps_per_round=40, num_train_epochs=1, self_training_rounds=1
     )
     with caplog.at_level(logging.INFO, logger="hf_semisup.trainer"):
         trainer.train()
@@ -287,17 +291,7 @@ def test_small_rounds_train_at_least_min_steps_per_round(tmp_path, tokenizer, ca
 
 def test_students_train_student_epochs(tmp_path, tokenizer):
     # Round 0 trains num_train_epochs on the labels; each student trains student_epochs on labeled + pseudo-labeled rows.
-    config = tiny_config(
-        tmp_path, num_train_epochs=2, student_epochs=1, self_training_rounds=2, confidence_threshold=0.5
-    )
-    config.class_balance = False  # threshold 0.5 without class balance keeps the whole pool: known lengths
-    trainer = SemiSupervisedTrainer(
-        make_model(),
-        config,
-        train_dataset=toy_dataset(16),
-        processing_class=tokenizer,
-        unlabeled_dataset=toy_dataset(400, seed=4),
-    )
+    trainer = whole_pool_trainer(tmp_path, tokenizer, num_train_epochs=2, student_epochs=1, self_training_rounds=2)
     trainer.train()
     assert [r["num_train_examples"] for r in trainer.self_training_history] == [16, 416, 416]
     assert [r["train_steps"] for r in trainer.self_training_history] == [4, 52, 52]
