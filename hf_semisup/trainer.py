@@ -691,7 +691,8 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Trai
         return output
 
     def _start_student(self):
-        if self._initial_state is not None:
+        # The initial state is also kept for the prototype teacher, so its presence does not mean `reset`.
+        if self.args.student_init == "reset":
             self._load_state(self._initial_state)
         if not self._user_optimizers:
             self.optimizer, self.lr_scheduler = None, None

@@ -114,7 +114,13 @@ def run_embedding_teacher(tmp_path, tokenizer, **config):
         states["after"] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
         return result
 
-    trainer._predict_with_prototypes = spy
+    start_student = trainer._start_student
+
+    def student_spy():
+        start_student()
+        states["student"] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    trainer._predict_with_prototypes, trainer._start_student = spy, student_spy
     trainer.train()
     return trainer, initial, states, labeled, pool
 
@@ -141,6 +147,7 @@ def test_round_1_is_labeled_by_the_initial_encoders_prototypes(tmp_path, tokeniz
     # Labeling puts the trained weights back; the student then starts from the initial ones (`reset`).
     for k in initial:
         torch.testing.assert_close(states["after"][k], states["before"][k], rtol=0, atol=0)
+        torch.testing.assert_close(states["student"][k], initial[k], rtol=0, atol=0)
     assert trainer.self_training_history[1]["num_pseudo_labels"] == 10  # topk: 0.25 of 40
     assert trainer.self_training_history[1]["teacher_pool_accuracy"] == pytest.approx(
         float(np.mean(expected == np.asarray([int(label == "positive") for label in pool["label"]])))
@@ -151,8 +158,11 @@ def test_continue_student_keeps_the_round_0_weights(tmp_path, tokenizer):
     trainer, initial, states, labeled, pool = run_embedding_teacher(tmp_path, tokenizer, student_init="continue")
     table = pq.read_table(tmp_path / "pseudo_labels" / "round-1.parquet").to_pydict()
     np.testing.assert_array_equal(table["label"], expected_prototype_labels(initial, tokenizer, labeled, pool))
+    # ... and the student continues from the round-0 model, not from the initial weights the prototypes used.
     for k in initial:
         torch.testing.assert_close(states["after"][k], states["before"][k], rtol=0, atol=0)
+        torch.testing.assert_close(states["student"][k], states["before"][k], rtol=0, atol=0)
+    assert any(not torch.equal(states["student"][k], initial[k]) for k in initial)
 
 
 def test_placeholder_class_names_are_not_embedded(tmp_path, tokenizer, caplog):
