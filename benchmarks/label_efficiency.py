@@ -394,6 +394,26 @@ def parse_set(values: list[str]) -> dict:
     return settings
 
 
+def saved_runs(results_path: str, settings: dict) -> list[dict]:
+    """
+    The runs already in `results_path` (none if it does not exist), to resume from. Runs made with other settings are
+    not mixed in, nor overwritten: that is an error.
+    """
+    if not os.path.exists(results_path):
+        return []
+    with open(results_path) as f:
+        saved = json.load(f)
+    if saved.get("settings") != settings:
+        changed = sorted(
+            k for k in {*settings, *saved.get("settings", {})} if settings.get(k) != saved["settings"].get(k)
+        )
+        raise SystemExit(
+            f"{results_path} holds runs made with other settings ({', '.join(changed)} differ): choose another "
+            "--output-dir, or pass the same settings to add systems or seeds to it."
+        )
+    return saved["runs"]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument(
@@ -441,12 +461,7 @@ def main():
     os.makedirs(args.output_dir, exist_ok=True)
     results_path = os.path.join(args.output_dir, "results.json")
     settings = {k: v for k, v in vars(args).items() if k not in ("from_json", "output_dir", "systems", "seeds")}
-    results = []
-    if os.path.exists(results_path):
-        with open(results_path) as f:
-            saved = json.load(f)
-        if saved.get("settings") == settings:
-            results = saved["runs"]
+    results = saved_runs(results_path, settings)
     done = {(r["system"], r["budget"], r["seed"]) for r in results}
     for budget in args.budgets:
         for seed in args.seeds:

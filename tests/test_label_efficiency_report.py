@@ -1,10 +1,12 @@
 """The label-efficiency benchmark's bookkeeping: stratified draws, the gap-closed column, resumable settings."""
 
+import json
 import os
 import sys
 
 import datasets
 import numpy as np
+import pytest
 
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
@@ -115,3 +117,13 @@ def test_every_system_is_a_valid_config_and_records_real_fields(tmp_path):
     # The earlier defaults the README's older tables measured, kept reproducible by name.
     earlier = label_efficiency.SYSTEMS["fraction-0.2-3-epochs"][1]
     assert (earlier["pseudo_label_fraction"], earlier["student_epochs"]) == (0.2, None)
+
+
+def test_saved_runs_resume_and_never_mix_settings(tmp_path):
+    path = str(tmp_path / "results.json")
+    assert label_efficiency.saved_runs(path, {"budgets": [8]}) == []
+    with open(path, "w") as f:
+        json.dump({"settings": {"budgets": [8, 32], "pool_size": 4000}, "runs": [run("defaults", 0.7)]}, f)
+    assert label_efficiency.saved_runs(path, {"budgets": [8, 32], "pool_size": 4000}) == [run("defaults", 0.7)]
+    with pytest.raises(SystemExit, match="budgets differ"):
+        label_efficiency.saved_runs(path, {"budgets": [8], "pool_size": 4000})
