@@ -403,10 +403,9 @@ def saved_runs(results_path: str, settings: dict) -> list[dict]:
         return []
     with open(results_path) as f:
         saved = json.load(f)
-    if saved.get("settings") != settings:
-        changed = sorted(
-            k for k in {*settings, *saved.get("settings", {})} if settings.get(k) != saved["settings"].get(k)
-        )
+    previous = saved.get("settings") or {}
+    if previous != settings:
+        changed = sorted(k for k in {*settings, *previous} if settings.get(k) != previous.get(k))
         raise SystemExit(
             f"{results_path} holds runs made with other settings ({', '.join(changed)} differ): choose another "
             "--output-dir, or pass the same settings to add systems or seeds to it."

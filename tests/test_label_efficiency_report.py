@@ -127,3 +127,7 @@ def test_saved_runs_resume_and_never_mix_settings(tmp_path):
     assert label_efficiency.saved_runs(path, {"budgets": [8, 32], "pool_size": 4000}) == [run("defaults", 0.7)]
     with pytest.raises(SystemExit, match="budgets differ"):
         label_efficiency.saved_runs(path, {"budgets": [8], "pool_size": 4000})
+    with open(path, "w") as f:
+        json.dump({"runs": [run("defaults", 0.7)]}, f)  # a file without settings is not someone else's to overwrite
+    with pytest.raises(SystemExit, match="budgets differ"):
+        label_efficiency.saved_runs(path, {"budgets": [8]})
