@@ -63,6 +63,12 @@ class SemiSupervisedConfig(TrainingArguments):
             With `first_teacher="embeddings"`, a prompt with `{}` for the class name whose embedding joins each class's
             prototype, as in SetFit's templated examples. Skipped, with an info log, when a class name is a number or a
             `LABEL_<i>` placeholder; `None` never uses the names.
+        prototype_refinement_steps (`int`, *optional*, defaults to `1`):
+            With `first_teacher="embeddings"`, how many times the prototypes are re-estimated before they label round 1:
+            the pool rows that round's selection keeps join their predicted class's labeled rows in the mean (a k-means
+            step from the labeled means). A handful of labeled texts place a prototype wherever they happen to sit;
+            the confident pool rows move it toward the centre of what the pool holds for the class. Each step costs a
+            pass over the pool and an embedding pass over the kept rows. `0` keeps the labeled-only prototypes.
 
         > Selection
 
@@ -214,6 +220,13 @@ class SemiSupervisedConfig(TrainingArguments):
         metadata={
             "help": "With first_teacher='embeddings': prompt with {} for the class name, embedded into each class's "
             "prototype. Skipped when class names are numbers or LABEL_<i>; none never uses the names."
+        },
+    )
+    prototype_refinement_steps: int = field(
+        default=1,
+        metadata={
+            "help": "With first_teacher='embeddings': times the class prototypes are re-estimated from the pool rows "
+            "round 1's selection keeps, with the labeled rows (a k-means step). 0: the labeled rows only."
         },
     )
     student_epochs: float | None = field(
@@ -407,6 +420,14 @@ class SemiSupervisedConfig(TrainingArguments):
             raise ValueError(
                 "`label_name_template` must be None or a string with one `{}` for the class name, got "
                 f"{self.label_name_template!r}."
+            )
+        if (
+            isinstance(self.prototype_refinement_steps, bool)
+            or not isinstance(self.prototype_refinement_steps, int)
+            or self.prototype_refinement_steps < 0
+        ):
+            raise ValueError(
+                f"`prototype_refinement_steps` must be an integer >= 0, got {self.prototype_refinement_steps!r}."
             )
         if isinstance(self.pseudo_label_top_k, bool) or not isinstance(self.pseudo_label_top_k, int):
             raise ValueError(f"`pseudo_label_top_k` must be an integer >= 0, got {self.pseudo_label_top_k!r}.")

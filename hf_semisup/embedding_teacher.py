@@ -14,6 +14,7 @@ classifier so that [`~hf_semisup.pseudo_labeling.predict_pool`] runs it like any
 import logging
 import re
 
+import datasets
 import numpy as np
 import torch
 from torch import nn
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .data import MODEL_INPUT_COLUMNS
-from .pseudo_labeling import shard_batches
+from .pseudo_labeling import STREAM_CHUNK_BATCHES, shard_batches
 
 
 logger = logging.getLogger(__name__)
@@ -81,47 +82,100 @@ def class_prototypes(
     *,
     num_labels: int,
     name_features: list[dict] | None = None,
+    pool=None,
+    pool_labels: np.ndarray | None = None,
     disable_tqdm: bool = False,
 ) -> torch.Tensor:
     """
     One unit-length prototype per class, `(num_labels, hidden)`: the mean embedding of the class's labeled rows, plus,
     given `name_features` (one tokenized prompt per class, in class order), the prompt's embedding with equal weight.
 
-    Each process embeds its share of `labeled` (a tokenized `Dataset` with `labels`); the per-class sums are added
-    across processes, so every process returns the same prototypes. Must be called on every process.
+    Given a tokenized `pool` and `pool_labels` (a class for each pool row, `-1` for rows left out), those pool rows join
+    their class's labeled rows in the mean: one refinement step (see [`refined_pool_labels`]).
+
+    Each process embeds its share of the rows; the per-class sums are added across processes, so every process returns
+    the same prototypes. Must be called on every process.
     """
-    device = accelerator.device
-    labels = np.asarray(labeled["labels"])
-    sums, counts = None, torch.zeros(num_labels, device=device)
+    sources = [(labeled, np.asarray(labeled["labels"]))]
+    if pool is not None:
+        sources.append((pool, np.asarray(pool_labels)))
     was_training = model.training
     model.eval()
-    progress = tqdm(
-        total=len(labeled),
-        desc="Class prototypes",
-        unit="rows",
-        disable=disable_tqdm or not accelerator.is_main_process,
-    )
     try:
-        with progress:
-            for batch_rows, features in shard_batches(labeled, accelerator, batch_size, progress):
-                embeddings = _embed(model, collator, features, accelerator)
-                if sums is None:
-                    sums = torch.zeros(num_labels, embeddings.shape[-1], device=device)
-                batch_labels = torch.as_tensor(labels[batch_rows], device=device)
-                sums.index_add_(0, batch_labels, embeddings)
-                counts += torch.bincount(batch_labels, minlength=num_labels).float()
-            names = _embed(model, collator, name_features, accelerator) if name_features else None
+        sums, counts = _class_sums(model, sources, collator, accelerator, batch_size, num_labels, disable_tqdm)
+        names = _embed(model, collator, name_features, accelerator) if name_features else None
     finally:
         model.train(was_training)
-    if sums is None:  # a process with no labeled rows still takes part in the reduction
+    if sums is None:  # a process with no rows still takes part in the reduction
         width = names.shape[-1] if names is not None else model.config.hidden_size
-        sums = torch.zeros(num_labels, width, device=device)
+        sums = torch.zeros(num_labels, width, device=accelerator.device)
     if accelerator.num_processes > 1:
         sums, counts = accelerator.reduce(sums, reduction="sum"), accelerator.reduce(counts, reduction="sum")
     prototypes = nn.functional.normalize(sums / counts.clamp(min=1.0).unsqueeze(-1), dim=-1)
     if names is not None:
         prototypes = nn.functional.normalize(prototypes + names, dim=-1)
     return prototypes
+
+
+def refined_pool_labels(pseudo_labels, selected: np.ndarray) -> np.ndarray:
+    """
+    `pool_labels` for [`class_prototypes`]: each selected row's predicted class, `-1` for every other row.
+
+    Re-estimating the prototypes with the rows a round keeps is a k-means step from the labeled means: a handful of
+    labeled texts place a prototype wherever they happen to sit, the pool's confident rows move it toward the centre of
+    what the pool holds for the class (figures: `prototype_refinement_steps` in [`SemiSupervisedConfig`]).
+    """
+    pool_labels = np.full(len(pseudo_labels), -1, dtype=np.int64)
+    pool_labels[selected] = pseudo_labels.labels[selected]
+    return pool_labels
+
+
+def _class_sums(model, sources, collator, accelerator, batch_size, num_labels, disable_tqdm):
+    """
+    This process's per-class sums of embeddings, `(num_labels, hidden)` (`None` if it embedded no row), and counts,
+    over the rows of each `(dataset, labels)` in `sources` whose entry in `labels` is a class (not `-1`).
+    """
+    sums, counts = None, torch.zeros(num_labels, device=accelerator.device)
+    progress = tqdm(
+        total=sum(int((labels >= 0).sum()) for _, labels in sources),
+        desc="Class prototypes",
+        unit="rows",
+        disable=disable_tqdm or not accelerator.is_main_process,
+    )
+    with progress:
+        for dataset, labels in sources:
+            for batch_rows, features in _batches(dataset, labels, accelerator, batch_size, progress):
+                embeddings = _embed(model, collator, features, accelerator).float()
+                if sums is None:
+                    sums = torch.zeros(num_labels, embeddings.shape[-1], device=accelerator.device)
+                batch_labels = torch.as_tensor(labels[batch_rows], device=accelerator.device)
+                sums.index_add_(0, batch_labels, embeddings)
+                counts += torch.bincount(batch_labels, minlength=num_labels).float()
+    return sums, counts
+
+
+def _batches(dataset, labels: np.ndarray, accelerator, batch_size: int, progress):
+    """
+    This process's share of the rows of a `Dataset` or a streamed pool whose entry in `labels` is a class, as
+    `(row indices, features)` batches.
+    """
+    if not isinstance(dataset, datasets.IterableDataset):
+        rows = np.flatnonzero(labels >= 0)
+        subset = dataset if len(rows) == len(dataset) else dataset.select(rows)
+        for batch_rows, features in shard_batches(subset, accelerator, batch_size, progress):
+            yield rows[batch_rows], features
+        return
+    # A stream is read once, in chunks every process reads alike; each keeps its turn of the chosen rows.
+    rank, world_size, offset = accelerator.process_index, accelerator.num_processes, 0
+    for chunk in dataset.iter(batch_size=batch_size * world_size * STREAM_CHUNK_BATCHES):
+        chosen = np.flatnonzero(labels[offset : offset + len(chunk["input_ids"])] >= 0)
+        keys = [k for k in chunk if k in MODEL_INPUT_COLUMNS]
+        mine = chosen[rank::world_size]
+        for start in range(0, len(mine), batch_size):
+            batch = mine[start : start + batch_size]
+            yield offset + batch, [{k: chunk[k][i] for k in keys} for i in batch]
+        progress.update(len(chosen))
+        offset += len(chunk["input_ids"])
 
 
 def _embed(model, collator, features: list[dict], accelerator) -> torch.Tensor:

@@ -175,6 +175,7 @@ def build_model_card(
         soft_pseudo_labels=getattr(args, "soft_pseudo_labels", False),
         first_teacher=getattr(args, "first_teacher", "model"),
         label_name_template=getattr(args, "label_name_template", None),
+        prototype_refinement_steps=getattr(args, "prototype_refinement_steps", 0),
         class_balance=args.class_balance,
         max_pseudo_labels=args.max_pseudo_labels,
         student_init=args.student_init,

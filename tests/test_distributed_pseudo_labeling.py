@@ -70,12 +70,15 @@ def check_world_size_2(single, out_dir):
         assert_same_labels(single["dataset"], rank_result["dataset"])
         # A streamed pool is labeled in stream order, like the same rows held as a Dataset.
         assert_same_labels(single["dataset"], rank_result["iterable"])
-        # Each process embeds its share of the labeled set; the summed prototypes label the pool the same way.
+        # Each process embeds its share of the labeled set and of the kept pool rows (refinement); the summed
+        # prototypes label the pool the same way, from a Dataset pool or a stream.
         assert_same_labels(single["prototypes"], rank_result["prototypes"])
+        assert_same_labels(single["prototypes"], rank_result["prototypes_iterable"])
 
 
 def test_stream_labels_like_dataset_in_one_process(single_process_labels):
     assert_same_labels(single_process_labels["dataset"], single_process_labels["iterable"])
+    assert_same_labels(single_process_labels["prototypes"], single_process_labels["prototypes_iterable"])
 
 
 def test_world_size_2_matches_world_size_1_debug_launcher(single_process_labels, tmp_path):

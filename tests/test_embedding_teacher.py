@@ -18,6 +18,7 @@ from hf_semisup.embedding_teacher import (
     mean_pooled_embeddings,
     usable_class_names,
 )
+from hf_semisup.selection import select_top_k
 
 
 def embed(model, tokenizer, texts) -> torch.Tensor:
@@ -80,6 +81,38 @@ def test_class_prototypes_are_the_class_means_plus_the_names(tokenizer, batch_si
     torch.testing.assert_close(prototypes, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize("batch_size", [3, 64])
+def test_refined_prototypes_add_the_chosen_pool_rows_to_the_means(tokenizer, batch_size, streamed):
+    model = make_model(seed=1)
+    dataset, pool_rows = toy_dataset(10, seed=4), toy_dataset(25, seed=5)
+    labeled = prepared_labeled(tokenizer, dataset)
+    pool = pool_rows.map(
+        lambda b: tokenizer(b["text"], truncation=True), batched=True, remove_columns=["text", "label"]
+    )
+    pool_labels = np.full(len(pool), -1)
+    pool_labels[[0, 3, 4, 11, 17, 24]] = [1, 0, 1, 1, 0, 0]
+    with torch.no_grad():
+        prototypes = class_prototypes(
+            model,
+            labeled,
+            DataCollatorWithPadding(tokenizer),
+            Accelerator(cpu=True),
+            batch_size,
+            num_labels=2,
+            pool=pool.to_iterable_dataset(num_shards=2) if streamed else pool,
+            pool_labels=pool_labels,
+            disable_tqdm=True,
+        )
+    chosen = pool_labels >= 0
+    embeddings = torch.cat(
+        [embed(model, tokenizer, dataset["text"]), embed(model, tokenizer, pool_rows["text"])[chosen]]
+    )
+    labels = np.concatenate([np.asarray(labeled["labels"]), pool_labels[chosen]])
+    expected = torch.stack([embeddings[labels == c].mean(0) for c in range(2)])
+    torch.testing.assert_close(prototypes, torch.nn.functional.normalize(expected, dim=-1), rtol=0, atol=1e-5)
+
+
 def test_prototype_classifier_scores_cosine_similarity(tokenizer):
     model = make_model(seed=1)
     prototypes = torch.nn.functional.normalize(torch.randn(2, 32), dim=-1)
@@ -125,23 +158,41 @@ def run_embedding_teacher(tmp_path, tokenizer, **config):
     return trainer, initial, states, labeled, pool
 
 
-def expected_prototype_labels(initial, tokenizer, labeled, pool, template="This sentence is {}."):
+def expected_prototype_labels(
+    initial, tokenizer, labeled, pool, template="This sentence is {}.", refinement_steps=1, fraction=0.4
+):
+    """The reference round 1: prototypes from the labeled rows, re-estimated `refinement_steps` times with round 1's
+    class-balanced top `fraction` of the pool, then the pool's labels."""
     model = make_model(seed=1)
     model.load_state_dict(initial)
     embeddings = embed(model, tokenizer, labeled["text"])
+    pool_embeddings = embed(model, tokenizer, pool["text"])
     labels = np.asarray([int(label == "positive") for label in labeled["label"]])
-    means = torch.nn.functional.normalize(torch.stack([embeddings[labels == c].mean(0) for c in range(2)]), dim=-1)
-    if template is not None:
-        means = means + embed(model, tokenizer, [template.format(n) for n in ("negative", "positive")])
-    prototypes = torch.nn.functional.normalize(means, dim=-1)
-    return (embed(model, tokenizer, pool["text"]) @ prototypes.T).argmax(-1).numpy()
+    names = embed(model, tokenizer, [template.format(n) for n in ("negative", "positive")]) if template else 0
+
+    def prototypes(rows, rows_labels):
+        means = torch.stack([rows[rows_labels == c].mean(0) for c in range(2)])
+        return torch.nn.functional.normalize(torch.nn.functional.normalize(means, dim=-1) + names, dim=-1)
+
+    current = prototypes(embeddings, labels)
+    for _ in range(refinement_steps):
+        scores = (pool_embeddings @ current.T / PROTOTYPE_TEMPERATURE).softmax(-1)
+        confidences, predicted = scores.max(-1)
+        prior = np.bincount(labels, minlength=2) / len(labels)
+        kept = select_top_k(predicted.numpy(), confidences.numpy(), fraction, 1, class_prior=prior)
+        rows = torch.cat([embeddings, pool_embeddings[kept]])
+        current = prototypes(rows, np.concatenate([labels, predicted.numpy()[kept]]))
+    return (pool_embeddings @ current.T).argmax(-1).numpy()
 
 
 def test_round_1_is_labeled_by_the_initial_encoders_prototypes(tmp_path, tokenizer):
     trainer, initial, states, labeled, pool = run_embedding_teacher(tmp_path, tokenizer)
     table = pq.read_table(tmp_path / "pseudo_labels" / "round-1.parquet").to_pydict()
-    expected = expected_prototype_labels(initial, tokenizer, labeled, pool)
+    expected = expected_prototype_labels(initial, tokenizer, labeled, pool, fraction=0.25)
     np.testing.assert_array_equal(table["label"], expected)
+    # The refinement changes labels here: the check would catch prototypes from the labeled rows alone.
+    unrefined = expected_prototype_labels(initial, tokenizer, labeled, pool, refinement_steps=0)
+    assert (unrefined != expected).any()
     # The round-0 model, trained on the labeled set, is a different teacher: the check would catch labels from it.
     assert any(not torch.equal(states["before"][k], initial[k]) for k in initial)
     # Labeling puts the trained weights back; the student then starts from the initial ones (`reset`).
@@ -154,10 +205,19 @@ def test_round_1_is_labeled_by_the_initial_encoders_prototypes(tmp_path, tokeniz
     )
 
 
+@pytest.mark.parametrize("steps", [0, 2])
+def test_prototype_refinement_steps(tmp_path, tokenizer, steps):
+    trainer, initial, _, labeled, pool = run_embedding_teacher(tmp_path, tokenizer, prototype_refinement_steps=steps)
+    table = pq.read_table(tmp_path / "pseudo_labels" / "round-1.parquet").to_pydict()
+    expected = expected_prototype_labels(initial, tokenizer, labeled, pool, refinement_steps=steps, fraction=0.25)
+    np.testing.assert_array_equal(table["label"], expected)
+
+
 def test_continue_student_keeps_the_round_0_weights(tmp_path, tokenizer):
     trainer, initial, states, labeled, pool = run_embedding_teacher(tmp_path, tokenizer, student_init="continue")
     table = pq.read_table(tmp_path / "pseudo_labels" / "round-1.parquet").to_pydict()
-    np.testing.assert_array_equal(table["label"], expected_prototype_labels(initial, tokenizer, labeled, pool))
+    expected = expected_prototype_labels(initial, tokenizer, labeled, pool, fraction=0.25)
+    np.testing.assert_array_equal(table["label"], expected)
     # ... and the student continues from the round-0 model, not from the initial weights the prototypes used.
     for k in initial:
         torch.testing.assert_close(states["after"][k], states["before"][k], rtol=0, atol=0)
@@ -215,6 +275,9 @@ def test_first_teacher_config_errors(tmp_path):
         SemiSupervisedConfig(output_dir=str(tmp_path), first_teacher="prototypes")
     with pytest.raises(ValueError, match="`label_name_template` must be None or a string with one `{}`"):
         SemiSupervisedConfig(output_dir=str(tmp_path), label_name_template="This sentence is good.")
+    for steps in (-1, 1.5, True):
+        with pytest.raises(ValueError, match=f"`prototype_refinement_steps` must be an integer >= 0, got {steps!r}"):
+            SemiSupervisedConfig(output_dir=str(tmp_path), prototype_refinement_steps=steps)
 
 
 def test_peft_student_is_labeled_by_the_base_encoders_prototypes(tmp_path, tokenizer):

@@ -266,10 +266,15 @@ def test_method_names_the_first_teacher(card_run, monkeypatch):
     monkeypatch.setattr(args, "label_name_template", "A {} text.")
     text = str(build_model_card(card_run.trainer))
     assert "The first teacher (round 1) is not\nfine-tuned" in text
-    assert 'plus that of the prompt "A {} text." naming the class).' in text
+    assert 'plus that of the prompt "A {} text." naming the class), re-estimated 1 time with the pool texts' in text
+    assert "texts that round 1 keeps." in text
     monkeypatch.setattr(args, "label_name_template", None)
+    monkeypatch.setattr(args, "prototype_refinement_steps", 0)
     text = str(build_model_card(card_run.trainer))
     assert "mean embedding of its labeled examples)." in text and "naming the class" not in text
+    assert "re-estimated" not in text
+    monkeypatch.setattr(args, "prototype_refinement_steps", 2)
+    assert "labeled examples), re-estimated 2 times with the pool" in str(build_model_card(card_run.trainer))
 
 
 def test_method_gives_the_students_epochs(card_run, monkeypatch):

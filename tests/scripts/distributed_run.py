@@ -61,13 +61,23 @@ def label(out_dir) -> dict:
         "dataset": labeled_rows(trainer.pseudo_label()),
         "iterable": labeled_rows(trainer.pseudo_label(pool.to_iterable_dataset(num_shards=3))),
         "prototypes": prototype_labels(trainer),
+        "prototypes_iterable": prototype_labels(trainer, streamed=True),
     }
 
 
-def prototype_labels(trainer) -> dict:
-    """The class prototypes (48 labeled rows: ragged batches per process) and the pool's labels by them."""
+def prototype_labels(trainer, streamed=False) -> dict:
+    """
+    The class prototypes (48 labeled rows: ragged batches per process), refined with the pool rows round 1 keeps, and
+    the pool's labels by them; `streamed`: with the pool read as a stream.
+    """
     trainer.current_round = 1
-    pseudo_labels = trainer._predict_with_prototypes(top_k=2)
+    pool = trainer.unlabeled_dataset
+    if streamed:
+        trainer.unlabeled_dataset = pool.to_iterable_dataset(num_shards=3)
+    try:
+        pseudo_labels = trainer._predict_with_prototypes(top_k=2)
+    finally:
+        trainer.unlabeled_dataset = pool
     return {
         "pseudo_label": pseudo_labels.labels.tolist(),
         "confidence": pseudo_labels.confidences.tolist(),
