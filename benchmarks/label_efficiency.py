@@ -76,7 +76,10 @@ SYSTEMS = {
         "semisup",
         {"consistency_weight": 0.0, "first_teacher": "embeddings", "selection_strategy": "topk"},
     ),
-    "embeddings-threshold": ("semisup", {"consistency_weight": 0.0, "first_teacher": "embeddings"}),
+    "embeddings-threshold": (
+        "semisup",
+        {"consistency_weight": 0.0, "first_teacher": "embeddings", "selection_strategy": "threshold"},
+    ),
     "model-teacher": (
         "semisup",
         {
@@ -86,10 +89,20 @@ SYSTEMS = {
             "student_epochs": None,
         },
     ),
-    "fraction-0.2": ("semisup", {"consistency_weight": 0.0, "pseudo_label_fraction": 0.2}),
+    # Earlier defaults, kept reproducible by name: each pins what has changed since.
+    "no-refinement": ("semisup", {"consistency_weight": 0.0, "prototype_refinement_steps": 0}),
+    "fraction-0.2": (
+        "semisup",
+        {"consistency_weight": 0.0, "pseudo_label_fraction": 0.2, "prototype_refinement_steps": 0},
+    ),
     "fraction-0.2-3-epochs": (
         "semisup",
-        {"consistency_weight": 0.0, "pseudo_label_fraction": 0.2, "student_epochs": None},
+        {
+            "consistency_weight": 0.0,
+            "pseudo_label_fraction": 0.2,
+            "student_epochs": None,
+            "prototype_refinement_steps": 0,
+        },
     ),
     "setfit": ("setfit", {}),
 }
@@ -250,6 +263,7 @@ def run_semisup(split: Split, overrides: dict, seed: int, args, model_path: str,
 RECORDED_FIELDS = (
     "self_training_rounds",
     "first_teacher",
+    "prototype_refinement_steps",
     "selection_strategy",
     "pseudo_label_fraction",
     "confidence_threshold",

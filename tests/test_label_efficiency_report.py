@@ -117,6 +117,12 @@ def test_every_system_is_a_valid_config_and_records_real_fields(tmp_path):
     # The earlier defaults the README's older tables measured, kept reproducible by name.
     earlier = label_efficiency.SYSTEMS["fraction-0.2-3-epochs"][1]
     assert (earlier["pseudo_label_fraction"], earlier["student_epochs"]) == (0.2, None)
+    assert (
+        earlier["prototype_refinement_steps"]
+        == label_efficiency.SYSTEMS["no-refinement"][1]["prototype_refinement_steps"]
+        == 0
+    )
+    assert label_efficiency.SYSTEMS["embeddings-threshold"][1]["selection_strategy"] == "threshold"
 
 
 def test_saved_runs_resume_and_never_mix_settings(tmp_path):
