@@ -381,16 +381,17 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Trai
         trained = self._copy_state()
         self._load_state(self._initial_state)
         try:
-            prototypes = self._class_prototypes()
+            name_features = self._label_name_features()
+            prototypes = self._class_prototypes(name_features)
             for step in range(self.args.prototype_refinement_steps):
                 pseudo_labels = self._predict_pool_with_prototypes(prototypes, 0, f"refinement {step + 1}")
                 selected = self._select(pseudo_labels.labels, pseudo_labels.confidences).selected
-                prototypes = self._class_prototypes(refined_pool_labels(pseudo_labels, selected))
+                prototypes = self._class_prototypes(name_features, refined_pool_labels(pseudo_labels, selected))
             return self._predict_pool_with_prototypes(prototypes, top_k, "class prototypes")
         finally:
             self._load_state(trained)
 
-    def _class_prototypes(self, pool_labels: np.ndarray | None = None):
+    def _class_prototypes(self, name_features, pool_labels: np.ndarray | None = None):
         """The class prototypes from the labeled set and, given `pool_labels`, the pool rows it assigns a class."""
         return class_prototypes(
             self.model,
@@ -399,7 +400,7 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Trai
             self.accelerator,
             self.args.per_device_eval_batch_size,
             num_labels=self.model.config.num_labels,
-            name_features=self._label_name_features(),
+            name_features=name_features,
             pool=None if pool_labels is None else self.unlabeled_dataset,
             pool_labels=pool_labels,
             disable_tqdm=self.args.disable_tqdm,
