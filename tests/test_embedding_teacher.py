@@ -268,6 +268,9 @@ def test_label_name_template_from_the_command_line(tmp_path):
 
     assert parsed("none") is None and parsed("None") is None and parsed("") is None
     assert parsed("Label: {}") == "Label: {}"
+    argv = ["--model_name_or_path", "m", "--output_dir", str(tmp_path), "--train_file", "x.csv"]
+    refinement = parse_train_args(make_train_parser(), argv + ["--prototype_refinement_steps", "0"])[-1]
+    assert refinement.prototype_refinement_steps == 0
 
 
 def test_first_teacher_config_errors(tmp_path):
