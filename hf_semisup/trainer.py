@@ -124,6 +124,8 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Trai
         peft_config=None,
     ):
         # Args
+        if isinstance(model, os.PathLike):
+            model = os.fspath(model)  # a `pathlib.Path` to a saved model loads like its string
         args = self._resolve_args(args, model)
         if train_dataset is None:
             raise ValueError("`train_dataset` (the labeled set) is required.")

@@ -1,6 +1,7 @@
 import json
 import logging
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -180,12 +181,13 @@ def test_class_label_and_int_labels_and_pretokenized_input(tmp_path, tokenizer):
     assert trainer.labeled_dataset["input_ids"] == tokenized["input_ids"]
 
 
-def test_model_given_as_a_path(tmp_path, tokenizer):
+@pytest.mark.parametrize("as_type", [str, pathlib.Path])
+def test_model_given_as_a_path(tmp_path, tokenizer, as_type):
     make_model(num_labels=2).save_pretrained(str(tmp_path / "tiny"))
     tokenizer.save_pretrained(str(tmp_path / "tiny"))
     labeled = toy_dataset(16, names=("neg", "pos"))
     trainer = SemiSupervisedTrainer(
-        str(tmp_path / "tiny"), tiny_config(tmp_path / "out", self_training_rounds=0), train_dataset=labeled
+        as_type(tmp_path / "tiny"), tiny_config(tmp_path / "out", self_training_rounds=0), train_dataset=labeled
     )
     assert trainer.processing_class is not None
     assert trainer.model.config.id2label == {0: "neg", 1: "pos"}
