@@ -53,6 +53,20 @@ def test_mean_pooling_ignores_padding(tokenizer):
     torch.testing.assert_close(pooled, embed(model, tokenizer, texts), rtol=0, atol=1e-5)
 
 
+def prototypes_on_cpu(model, tokenizer, labeled, batch_size, **kwargs) -> torch.Tensor:
+    with torch.no_grad():
+        return class_prototypes(
+            model,
+            labeled,
+            DataCollatorWithPadding(tokenizer),
+            Accelerator(cpu=True),
+            batch_size,
+            num_labels=2,
+            disable_tqdm=True,
+            **kwargs,
+        )
+
+
 @pytest.mark.parametrize("batch_size", [3, 64])
 def test_class_prototypes_are_the_class_means_plus_the_names(tokenizer, batch_size):
     model = make_model(seed=1)
@@ -61,17 +75,7 @@ def test_class_prototypes_are_the_class_means_plus_the_names(tokenizer, batch_si
     labels = np.asarray(labeled["labels"])
     names = ["This sentence is negative.", "This sentence is positive."]
     name_features = [dict(tokenizer(text)) for text in names]
-    with torch.no_grad():
-        prototypes = class_prototypes(
-            model,
-            labeled,
-            DataCollatorWithPadding(tokenizer),
-            Accelerator(cpu=True),
-            batch_size,
-            num_labels=2,
-            name_features=name_features,
-            disable_tqdm=True,
-        )
+    prototypes = prototypes_on_cpu(model, tokenizer, labeled, batch_size, name_features=name_features)
     assert model.training  # left as it was found
     embeddings = embed(model, tokenizer, dataset["text"])
     means = torch.stack([embeddings[labels == c].mean(0) for c in range(2)])
@@ -92,18 +96,8 @@ def test_refined_prototypes_add_the_chosen_pool_rows_to_the_means(tokenizer, bat
     )
     pool_labels = np.full(len(pool), -1)
     pool_labels[[0, 3, 4, 11, 17, 24]] = [1, 0, 1, 1, 0, 0]
-    with torch.no_grad():
-        prototypes = class_prototypes(
-            model,
-            labeled,
-            DataCollatorWithPadding(tokenizer),
-            Accelerator(cpu=True),
-            batch_size,
-            num_labels=2,
-            pool=pool.to_iterable_dataset(num_shards=2) if streamed else pool,
-            pool_labels=pool_labels,
-            disable_tqdm=True,
-        )
+    pool = pool.to_iterable_dataset(num_shards=2) if streamed else pool
+    prototypes = prototypes_on_cpu(model, tokenizer, labeled, batch_size, pool=pool, pool_labels=pool_labels)
     chosen = pool_labels >= 0
     embeddings = torch.cat(
         [embed(model, tokenizer, dataset["text"]), embed(model, tokenizer, pool_rows["text"])[chosen]]
