@@ -64,9 +64,9 @@ class SemiSupervisedConfig(TrainingArguments):
             prototype, as in SetFit's templated examples. Skipped, with an info log, when a class name is a number or a
             `LABEL_<i>` placeholder; `None` never uses the names.
         prototype_refinement_steps (`int`, *optional*, defaults to `1`):
-            With `first_teacher="embeddings"`, how many times the prototypes are re-estimated before they label round 1:
-            the pool rows that round's selection keeps join their predicted class's labeled rows in the mean (a k-means
-            step from the labeled means). A handful of labeled texts place a prototype wherever they happen to sit;
+            With `first_teacher="embeddings"`, how many times the prototypes are re-estimated before they label
+            round 1: the pool rows that round's selection keeps join their predicted class's labeled rows in the mean
+            (a k-means step from the labeled means). A handful of labeled texts place a prototype wherever they happen to sit;
             the confident pool rows move it toward the centre of what the pool holds for the class. Each step costs a
             pass over the pool and an embedding pass over the kept rows. `0` keeps the labeled-only prototypes. On the
             label-efficiency benchmark, 8 labels per class, one step raised round 1's pseudo-label accuracy on every
@@ -109,8 +109,9 @@ class SemiSupervisedConfig(TrainingArguments):
             target with weight 1.
 
         The defaults (`first_teacher="embeddings"` with `prototype_refinement_steps=1`, `"topk"` with
-        `pseudo_label_fraction=0.4`, hard pseudo-labels, `student_epochs=1`) come from the label-efficiency benchmark (`benchmarks/label_efficiency.py`, README; movie
-        snippets and a subjectivity set, 8 labels per class, three seeds). With the round-0 model as first teacher and
+        `pseudo_label_fraction=0.4`, hard pseudo-labels, `student_epochs=1`) come from the label-efficiency benchmark
+        (`benchmarks/label_efficiency.py`, README; movie snippets and a subjectivity set, 8 labels per class, three
+        seeds). With the round-0 model as first teacher and
         the 0.9 threshold (the earlier defaults), self-training scored below supervised-only (0.540 against 0.553,
         1,000-row pool): the model fit on 16 labels labels the pool at 0.58 accuracy and is overconfident, so its
         students learn its mistakes, and no selection rule (threshold, adaptive, top-k, soft labels) fixed that. The
@@ -129,8 +130,9 @@ class SemiSupervisedConfig(TrainingArguments):
         sets is now above supervised-only. The two go together: one-epoch students with a fifth of the pool per round
         score lower on both sets and budgets (0.666, 0.859, 0.700) and fall below supervised-only on subjectivity's
         seed 0. Refining the prototypes once then raised the 8-label means to 0.700 +- 0.037 (movie snippets, 53% of
-        the gap to 4,000 labels) and 0.878 +- 0.007 (subjectivity). These were measured with a sentence-embedding encoder (all-MiniLM-L6-v2); for an encoder not trained
-        for sentence embeddings, compare with `first_teacher="model"` on validation data.
+        the gap to 4,000 labels) and 0.878 +- 0.007 (subjectivity). These were measured with a sentence-embedding
+        encoder (all-MiniLM-L6-v2); for an encoder not trained for sentence embeddings, compare with
+        `first_teacher="model"` on validation data.
 
         > Consistency
 
