@@ -371,6 +371,8 @@ def plot(results: list[dict], path: str) -> str | None:
     figure, axis = plt.subplots(figsize=(7, 4.5))
     budgets = sorted({r["budget"] for r in results})
     systems = list(dict.fromkeys(r["system"] for r in results))
+    # The default cycle repeats after 10 colours; tab20 keeps a dozen systems apart.
+    colors = plt.get_cmap("tab20" if len(systems) > 10 else "tab10").colors
     for i, system in enumerate(systems):
         means, stds = [], []
         for budget in budgets:
@@ -378,7 +380,8 @@ def plot(results: list[dict], path: str) -> str | None:
             means.append(np.mean(values) if values else np.nan)
             stds.append(np.std(values) if values else 0.0)
         offsets = np.arange(len(budgets)) + (i - (len(systems) - 1) / 2) * 0.8 / max(len(systems), 1)
-        axis.bar(offsets, means, width=0.8 / max(len(systems), 1), yerr=stds, label=system, capsize=2)
+        width = 0.8 / max(len(systems), 1)
+        axis.bar(offsets, means, width=width, yerr=stds, label=system, capsize=2, color=colors[i % len(colors)])
     axis.set_xticks(np.arange(len(budgets)), [f"{b} labels / class" for b in budgets])
     axis.set_ylabel("test accuracy")
     axis.set_ylim(0.4, 1.0)
