@@ -91,6 +91,14 @@ SYSTEMS = {
     ),
     # Earlier defaults, kept reproducible by name: each pins what has changed since.
     "no-refinement": ("semisup", {"consistency_weight": 0.0, "prototype_refinement_steps": 0}),
+    "soft-no-refinement": (
+        "semisup",
+        {"consistency_weight": 0.0, "soft_pseudo_labels": True, "prototype_refinement_steps": 0},
+    ),
+    "continue-no-refinement": (
+        "semisup",
+        {"consistency_weight": 0.0, "student_init": "continue", "prototype_refinement_steps": 0},
+    ),
     "fraction-0.2": (
         "semisup",
         {"consistency_weight": 0.0, "pseudo_label_fraction": 0.2, "prototype_refinement_steps": 0},
