@@ -107,6 +107,19 @@ def test_refined_prototypes_add_the_chosen_pool_rows_to_the_means(tokenizer, bat
     torch.testing.assert_close(prototypes, torch.nn.functional.normalize(expected, dim=-1), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+def test_refinement_with_no_pool_row_kept_is_the_labeled_prototypes(tokenizer, streamed):
+    # e.g. the threshold strategy when no prototype score reaches `confidence_threshold`
+    model = make_model(seed=1)
+    labeled = prepared_labeled(tokenizer, toy_dataset(10, seed=4))
+    pool = toy_dataset(12, seed=5).map(
+        lambda b: tokenizer(b["text"], truncation=True), batched=True, remove_columns=["text", "label"]
+    )
+    pool = pool.to_iterable_dataset() if streamed else pool
+    refined = prototypes_on_cpu(model, tokenizer, labeled, 4, pool=pool, pool_labels=np.full(12, -1))
+    torch.testing.assert_close(refined, prototypes_on_cpu(model, tokenizer, labeled, 4), rtol=0, atol=1e-6)
+
+
 def test_prototype_classifier_scores_cosine_similarity(tokenizer):
     model = make_model(seed=1)
     prototypes = torch.nn.functional.normalize(torch.randn(2, 32), dim=-1)
