@@ -10,7 +10,6 @@ import numpy as np
 import yaml
 from transformers import (
     AutoConfig,
-    AutoModelForSequenceClassification,
     AutoTokenizer,
     HfArgumentParser,
     set_seed,
@@ -21,7 +20,7 @@ from .config import SemiSupervisedConfig
 from .data import has_default_label_names, label_names_of, prepare_dataset
 from .loading import load_splits
 from .report import CHART_NAME, plot_rounds, round_table, summary_metric
-from .trainer import SemiSupervisedTrainer
+from .trainer import SemiSupervisedTrainer, file_location_kwargs, load_classifier
 
 
 logger = logging.getLogger(__name__)
@@ -133,6 +132,8 @@ def load_model(model_args: ModelArguments, labeled, config: SemiSupervisedConfig
         "trust_remote_code": model_args.trust_remote_code,
         "cache_dir": model_args.cache_dir,
     }
+    hub.update(file_location_kwargs(config.model_init_kwargs))  # the config's own say wins, for all three files
+    init_kwargs = {k: v for k, v in (config.model_init_kwargs or {}).items() if k not in hub}
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or path, **hub)
         labels = {}
@@ -148,8 +149,13 @@ def load_model(model_args: ModelArguments, labeled, config: SemiSupervisedConfig
             elif all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
                 labels = {"num_labels": int(max(values)) + 1}  # otherwise the trainer reports the bad label
         set_seed(config.seed)  # the new classification head must not depend on what ran before
-        model = AutoModelForSequenceClassification.from_pretrained(path, **hub, **labels)
+        model = load_classifier(path, init_kwargs, **hub, **labels)
     except (OSError, ValueError) as error:
+        if init_kwargs and isinstance(error.__cause__, (TypeError, AttributeError)):  # from `load_classifier`
+            raise ValueError(
+                f"`--model_init_kwargs` {config.model_init_kwargs!r} could not load {path!r}: "
+                f"{_first_line(error.__cause__)}"
+            ) from error
         flag = (
             "tokenizer_name"
             if model_args.tokenizer_name and "tokenizer" in str(error).lower()

@@ -1,3 +1,4 @@
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -10,6 +11,8 @@ from .selection import SELECTION_STRATEGIES
 STUDENT_INITS = ("continue", "reset")
 TOKEN_DROPOUT_MODES = ("mask", "delete")
 CONSISTENCY_LOSSES = ("kl", "mse")
+# `from_pretrained` arguments the trainer derives from the labeled set.
+MODEL_LABEL_KWARGS = {"num_labels", "id2label", "label2id"}
 
 
 @dataclass
@@ -193,6 +196,15 @@ class SemiSupervisedConfig(TrainingArguments):
         max_length (`int` or `None`, *optional*, defaults to `256`):
             Texts are truncated to this many tokens. `None` uses the tokenizer's `model_max_length`.
 
+        > Model
+
+        model_init_kwargs (`dict`, `str` or `None`, *optional*, defaults to `None`):
+            Keyword arguments for `AutoModelForSequenceClassification.from_pretrained` when the trainer's `model` is a
+            name or path, e.g. `{"revision": "v1.0", "dtype": "bfloat16"}` (a JSON string on the command line). The
+            ones that locate the files (`revision`, `subfolder`, `trust_remote_code`, `cache_dir`, `token`,
+            `local_files_only`) also load the tokenizer and the config. The classes come from the labeled set, so
+            `num_labels`, `id2label` and `label2id` are not accepted. Not used when `model` is already a model.
+
         > Saving
 
         save_merged_model (`bool`, *optional*, defaults to `False`):
@@ -200,6 +212,9 @@ class SemiSupervisedConfig(TrainingArguments):
             base weights (loadable with `from_pretrained` alone) instead of the adapter. Checkpoints always hold the
             adapter, so training resumes from them. No effect without PEFT.
     """
+
+    # A JSON object string given for these (on the command line) is parsed into a dict by `TrainingArguments`.
+    _VALID_DICT_FIELDS = TrainingArguments._VALID_DICT_FIELDS + ["model_init_kwargs"]
 
     # Self-training
     self_training_rounds: int = field(
@@ -379,6 +394,15 @@ class SemiSupervisedConfig(TrainingArguments):
         metadata={"help": "Truncate texts to this many tokens. None: the tokenizer's model_max_length."},
     )
 
+    # Model
+    model_init_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Keyword arguments for AutoModelForSequenceClassification.from_pretrained when the trainer's model "
+            "is a name or path, as a JSON string, e.g. '{\"revision\": \"v1.0\", \"dtype\": \"bfloat16\"}'."
+        },
+    )
+
     # Saving
     save_merged_model: bool = field(
         default=False,
@@ -389,6 +413,13 @@ class SemiSupervisedConfig(TrainingArguments):
     )
 
     def __post_init__(self):
+        if isinstance(self.model_init_kwargs, str) and self.model_init_kwargs.strip().startswith("{"):
+            try:
+                json.loads(self.model_init_kwargs)
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"`model_init_kwargs` is not valid JSON ({error}), got {self.model_init_kwargs!r}."
+                ) from None
         super().__post_init__()
         if not isinstance(self.self_training_rounds, int) or self.self_training_rounds < 0:
             raise ValueError(f"`self_training_rounds` must be an integer >= 0, got {self.self_training_rounds!r}.")
@@ -444,6 +475,17 @@ class SemiSupervisedConfig(TrainingArguments):
         if self.collapse_alarm_margin is not None and not 0.0 < self.collapse_alarm_margin < 1.0:
             raise ValueError(
                 f"`collapse_alarm_margin` must be None or in the open interval (0, 1), got {self.collapse_alarm_margin!r}."
+            )
+        if self.model_init_kwargs is not None and not isinstance(self.model_init_kwargs, dict):
+            raise ValueError(
+                "`model_init_kwargs` must be None, a dict or a JSON object string (starting with '{'), got "
+                f"{self.model_init_kwargs!r}."
+            )
+        reserved = sorted(MODEL_LABEL_KWARGS & set(self.model_init_kwargs or {}))
+        if reserved:
+            raise ValueError(
+                f"`model_init_kwargs` cannot set {reserved}: the classes come from the labeled set (got "
+                f"{self.model_init_kwargs!r})."
             )
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"`max_length` must be None or an integer >= 2, got {self.max_length!r}.")

@@ -47,6 +47,26 @@ logger = logging.getLogger(__name__)
 
 PSEUDO_LABELS_DIR = "pseudo_labels"
 HUB_IGNORE_PATTERNS = ["round-*", f"{PSEUDO_LABELS_DIR}/*"]
+# The `from_pretrained` arguments that say where the files are: they load the tokenizer and config as well as the model.
+FILE_LOCATION_KWARGS = ("revision", "subfolder", "trust_remote_code", "cache_dir", "token", "local_files_only")
+
+
+def file_location_kwargs(model_init_kwargs: dict | None) -> dict:
+    return {k: v for k, v in (model_init_kwargs or {}).items() if k in FILE_LOCATION_KWARGS}
+
+
+def load_classifier(name: str, model_init_kwargs: dict, **kwargs) -> PreTrainedModel:
+    """
+    `AutoModelForSequenceClassification.from_pretrained(name, **model_init_kwargs, **kwargs)`. A keyword the model
+    cannot take (a misspelt one reaches the model's `__init__`; a `dtype` torch does not have) is reported as a
+    `ValueError` naming `model_init_kwargs`.
+    """
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(name, **model_init_kwargs, **kwargs)
+    except (TypeError, AttributeError) as error:
+        if not model_init_kwargs:
+            raise
+        raise ValueError(f"`model_init_kwargs`={model_init_kwargs!r} could not load {name!r}: {error}") from error
 
 
 class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Trainer):
@@ -63,8 +83,8 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Trai
 
     Args:
         model (`PreTrainedModel`, `torch.nn.Module`, [`~peft.PeftModel`] or `str`):
-            The classifier, or a name or path loaded with `AutoModelForSequenceClassification.from_pretrained` (its
-            `num_labels` and label names then come from the labeled set). A `PeftModel` (loaded with
+            The classifier, or a name or path loaded with `AutoModelForSequenceClassification.from_pretrained` and
+            `args.model_init_kwargs` (its `num_labels` and label names then come from the labeled set). A `PeftModel` (loaded with
             `is_trainable=True`) trains its adapter and classification head; then `peft_config` must be `None`.
         args ([`SemiSupervisedConfig`], *optional*):
             The configuration. `None` builds a default one writing to `<model name>-semisup`; a plain
@@ -157,7 +177,7 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Trai
 
         # Processing class
         if processing_class is None and isinstance(model, str):
-            processing_class = AutoTokenizer.from_pretrained(model)
+            processing_class = AutoTokenizer.from_pretrained(model, **file_location_kwargs(args.model_init_kwargs))
 
         # Model
         label_names = (
@@ -275,7 +295,8 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Trai
 
     @staticmethod
     def _create_model(name: str, label_names: list | None, train_dataset, args) -> PreTrainedModel:
-        config = AutoConfig.from_pretrained(name)
+        init_kwargs = dict(args.model_init_kwargs or {})
+        config = AutoConfig.from_pretrained(name, **file_location_kwargs(init_kwargs))
         kwargs = {}
         if has_default_label_names(config):
             if label_names is not None:
@@ -286,7 +307,7 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Trai
                 }
             elif args.label_column in train_dataset.column_names:
                 kwargs = {"num_labels": int(max(train_dataset.unique(args.label_column))) + 1}
-        return AutoModelForSequenceClassification.from_pretrained(name, **kwargs)
+        return load_classifier(name, init_kwargs, **kwargs)
 
     @staticmethod
     def _align_label_names(config, label_names: list | None):

@@ -20,7 +20,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from hf_semisup import SemiSupervisedConfig
 from hf_semisup.arguments import DataArguments, ModelArguments
-from hf_semisup.cli import main, make_train_parser, parse_train_args
+from hf_semisup.cli import load_model, main, make_train_parser, parse_train_args
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -221,6 +221,21 @@ def test_example_script_runs(workspace, tmp_path, monkeypatch):
 # ---- Options and config files -----------------------------------------------------------------------------------
 def parse(argv, defaults=None):
     return parse_train_args(make_train_parser(), argv, defaults)
+
+
+def test_model_init_kwargs_reach_the_model_tokenizer_and_config(tmp_path):
+    make_model().save_pretrained(str(tmp_path / "repo" / "sub"))
+    make_tokenizer(str(tmp_path)).save_pretrained(str(tmp_path / "repo" / "sub"))
+    _, model_args, config = parse(
+        [
+            "--model_name_or_path", str(tmp_path / "repo"),
+            "--train_file", "unused.csv",
+            "--model_init_kwargs", '{"subfolder": "sub", "hidden_dropout_prob": 0.0}',
+        ]
+    )  # fmt: skip
+    tokenizer, model = load_model(model_args, Dataset.from_dict(toy_rows(8, seed=0)), config)
+    assert model.config.hidden_dropout_prob == 0.0 != make_model().config.hidden_dropout_prob
+    assert tokenizer.get_vocab() == make_tokenizer(str(tmp_path)).get_vocab()
 
 
 def test_config_file_and_command_line_precedence(tmp_path):

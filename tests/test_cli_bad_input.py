@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import toy_rows
+from conftest import make_model, make_tokenizer, toy_rows
 
 from hf_semisup.cli import main
 
@@ -82,6 +82,16 @@ def test_bad_option_values(capsys, train_file):
     fails(capsys, [*base, "--confidence_threshold", "1.5"], "confidence_threshold", "1.5")
     fails(capsys, [*base, "--num_labeled_per_class", "0"], "num_labeled_per_class", "0")
     fails(capsys, [*base, "--max_seq_length", "1"], "max_seq_length", "1")
+    fails(capsys, [*base, "--model_init_kwargs", '{"num_labels": 3}'], "model_init_kwargs", "num_labels")
+    fails(capsys, [*base, "--model_init_kwargs", '{"dtype": float32}'], "model_init_kwargs", "not valid JSON")
+
+
+def test_model_init_kwargs_the_model_cannot_take(capsys, tmp_path, train_file):
+    make_model().save_pretrained(str(tmp_path / "tiny"))
+    make_tokenizer(str(tmp_path)).save_pretrained(str(tmp_path / "tiny"))
+    base = ["--model_name_or_path", str(tmp_path / "tiny"), "--train_file", train_file, "--num_labeled_per_class", "2"]
+    fails(capsys, [*base, "--model_init_kwargs", '{"revison": "v1"}'], "--model_init_kwargs", "revison")
+    fails(capsys, [*base, "--model_init_kwargs", '{"dtype": "float17"}'], "--model_init_kwargs", "float17")
 
 
 def test_unreadable_config_files(capsys, tmp_path, train_file):

@@ -30,6 +30,7 @@ def test_hf_argument_parser_reads_the_fields(tmp_path):
             "--student_init", "continue",
             "--student_epochs", "2.5",
             "--text_column", "sentence",
+            "--model_init_kwargs", '{"revision": "v1.0", "dtype": "bfloat16"}',
         ]
     )  # fmt: skip
     assert config.self_training_rounds == 3
@@ -39,6 +40,7 @@ def test_hf_argument_parser_reads_the_fields(tmp_path):
     assert config.student_init == "continue"
     assert config.student_epochs == 2.5
     assert config.text_column == "sentence"
+    assert config.model_init_kwargs == {"revision": "v1.0", "dtype": "bfloat16"}
 
 
 @pytest.mark.parametrize(
@@ -58,6 +60,11 @@ def test_hf_argument_parser_reads_the_fields(tmp_path):
         ("student_epochs", -1.0),
         ("student_epochs", "one"),
         ("student_epochs", float("nan")),
+        ("model_init_kwargs", "revision=v1.0"),
+        ("model_init_kwargs", '{"revision": v1.0}'),
+        ("model_init_kwargs", ["revision"]),
+        ("model_init_kwargs", {"num_labels": 3}),
+        ("model_init_kwargs", {"dtype": "float32", "id2label": {0: "a"}}),
     ],
 )
 def test_bad_values_name_the_field_and_value(tmp_path, field, value):

@@ -193,6 +193,24 @@ def test_model_given_as_a_path(tmp_path, tokenizer, as_type):
     assert trainer.model.config.id2label == {0: "neg", 1: "pos"}
 
 
+def test_model_init_kwargs_load_the_model_tokenizer_and_config(tmp_path, tokenizer):
+    make_model(num_labels=2).save_pretrained(str(tmp_path / "repo" / "sub"))
+    tokenizer.save_pretrained(str(tmp_path / "repo" / "sub"))
+    labeled = toy_dataset(16, names=("neg", "pos"))
+    with pytest.raises((OSError, ValueError)):  # the files are only in the subfolder
+        SemiSupervisedTrainer(
+            str(tmp_path / "repo"), tiny_config(tmp_path / "out", self_training_rounds=0), train_dataset=labeled
+        )
+
+    init_kwargs = {"subfolder": "sub", "dtype": "bfloat16", "hidden_dropout_prob": 0.0}
+    config = tiny_config(tmp_path / "out", self_training_rounds=0, model_init_kwargs=init_kwargs)
+    trainer = SemiSupervisedTrainer(str(tmp_path / "repo"), config, train_dataset=labeled)
+    assert trainer.model.dtype == torch.bfloat16
+    assert trainer.model.config.hidden_dropout_prob == 0.0 != make_model().config.hidden_dropout_prob
+    assert trainer.model.config.id2label == {0: "neg", 1: "pos"}  # the classes still come from the labeled set
+    assert trainer.processing_class.get_vocab() == tokenizer.get_vocab()
+
+
 class RoundEndWeights(TrainerCallback):
     def __init__(self):
         self.weights = []
