@@ -399,7 +399,7 @@ class SemiSupervisedConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "Keyword arguments for AutoModelForSequenceClassification.from_pretrained when the trainer's model "
-            "is a name or path, as a JSON string, e.g. '{\"revision\": \"v1.0\", \"dtype\": \"bfloat16\"}'."
+            'is a name or path, as a JSON string, e.g. \'{"revision": "v1.0", "dtype": "bfloat16"}\'.'
         },
     )
 
