@@ -38,7 +38,9 @@ def prepare_peft_model(model, peft_config):
         peft_config ([`~peft.PeftConfig`] or `None`):
             The adapter configuration. Its `task_type` must be `"SEQ_CLS"` or unset (then it is set to `"SEQ_CLS"`):
             that task type is what makes peft train the classification head (`classifier` or `score`) along with
-            the adapter. The caller's object is not modified.
+            the adapter. The other modules of the head (see [`head_module_names`]: DeBERTa's `pooler`, BART's
+            `classification_head`) are added to its `modules_to_save`: they are new too, and frozen they would stay
+            random. The caller's object is not modified.
 
     Returns:
         The model to train: `model` itself when there is nothing to wrap.
@@ -73,13 +75,36 @@ def prepare_peft_model(model, peft_config):
     # peft extends `modules_to_save` in place: a copy keeps the caller's config reusable for another trainer.
     peft_config = copy.deepcopy(peft_config)
     peft_config.task_type = SEQ_CLS
+    head = [name for name in head_module_names(model) if name not in (peft_config.modules_to_save or [])]
+    if head:
+        peft_config.modules_to_save = [*(peft_config.modules_to_save or []), *head]
     model = get_peft_model(model, peft_config)
     check_peft_trainable(model)
     return model
 
 
+def head_module_names(model) -> list[str]:
+    """
+    The classifier's top-level modules with weights outside its pretrained body (the `base_model_prefix` module): the
+    classification head, which `from_pretrained` initializes anew. `classifier` for BERT, `pre_classifier` and
+    `classifier` for DistilBERT, `pooler` and `classifier` for DeBERTa-v2, `score` for decoder models. Empty for a
+    model without a `base_model_prefix` body.
+    """
+    prefix = getattr(model, "base_model_prefix", None)
+    if not prefix or not isinstance(getattr(model, prefix, None), torch.nn.Module):
+        return []
+    return [
+        name
+        for name, module in model.named_children()
+        if name != prefix and next(module.parameters(), None) is not None
+    ]
+
+
 def check_peft_trainable(model):
-    """Raise a `ValueError` unless some adapter weights and the classification head of a `PeftModel` train."""
+    """
+    Raise a `ValueError` unless some adapter weights and the classification head of a `PeftModel` train; warn about
+    head modules that stay frozen.
+    """
     trainable = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
     if not trainable:
         raise ValueError(
@@ -92,6 +117,18 @@ def check_peft_trainable(model):
             f"The classification head of the `PeftModel` does not train: no module of `modules_to_save`="
             f"{modules_to_save!r} exists in {type(model.get_base_model()).__name__}. Add the name of its head module "
             "to `peft_config.modules_to_save` (peft adds `classifier` and `score` for task_type='SEQ_CLS')."
+        )
+    base = model.get_base_model()
+    frozen = [
+        name
+        for name in head_module_names(base)
+        if not any(parameter.requires_grad for parameter in getattr(base, name).parameters())
+    ]
+    if frozen:
+        logger.warning(
+            f"The classification head modules {frozen} of the `PeftModel` do not train: they keep the weights they "
+            "were loaded with (random, when the checkpoint had no head). Add them to `peft_config.modules_to_save`, "
+            "or pass the base model with a `peft_config` and the trainer adds them."
         )
 
 

@@ -1,5 +1,6 @@
 """PEFT students: what trains, what stays frozen, the reset between rounds, saving and reloading, clear errors."""
 
+import logging
 import os
 from types import SimpleNamespace
 
@@ -225,17 +226,66 @@ def test_frozen_peft_model_raises(tmp_path):
         make_trainer(tmp_path, model=model)
 
 
-def test_head_outside_modules_to_save_raises(tmp_path):
+def tiny_bart():
     from transformers import BartConfig, BartForSequenceClassification
 
-    # BART's head is `classification_head`, which peft's SEQ_CLS defaults (`classifier`, `score`) miss.
     config = BartConfig(
         vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
         decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64, num_labels=2,
     )  # fmt: skip
-    model = BartForSequenceClassification(config)
+    return BartForSequenceClassification(config)
+
+
+def tiny_deberta():
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    torch.manual_seed(0)
+    config = DebertaV2Config(
+        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=64, num_labels=2,
+    )  # fmt: skip
+    return DebertaV2ForSequenceClassification(config)
+
+
+def trainable_modules(model):
+    """The top-level modules of the unwrapped classifier with a parameter that trains."""
+    names = (name.removeprefix("base_model.model.") for name, p in model.named_parameters() if p.requires_grad)
+    return {name.split(".")[0] for name in names}
+
+
+@pytest.mark.parametrize(
+    "make, target_modules, head",
+    [
+        (make_model, None, {"classifier"}),  # BERT's pooler is pretrained, inside the body: it stays frozen
+        # peft's SEQ_CLS defaults (`classifier`, `score`, matched as suffixes) miss these heads, or part of them
+        (tiny_deberta, ["query_proj", "value_proj"], {"pooler", "classifier"}),
+        (tiny_bart, ["q_proj", "v_proj"], {"classification_head"}),
+    ],
+)
+def test_every_module_of_the_head_trains(tmp_path, make, target_modules, head):
+    peft_config = LoraConfig(task_type="SEQ_CLS", r=4, target_modules=target_modules)
+    model = make()
+    body = model.base_model_prefix
+    trainer = make_trainer(tmp_path, model=model, peft_config=peft_config)
+    assert trainable_modules(trainer.model) == {body} | head  # the body only through its LoRA weights
+    trainable = [n.removeprefix("base_model.model.") for n, p in trainer.model.named_parameters() if p.requires_grad]
+    body_trainable = [n for n in trainable if n.startswith(f"{body}.")]
+    assert body_trainable and all("lora_" in n for n in body_trainable)
+    assert peft_config.modules_to_save is None  # the caller's config is not modified
+
+
+def test_ready_peft_model_with_a_frozen_head_module_warns(tmp_path, caplog):
+    model = get_peft_model(tiny_deberta(), LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query_proj"]))
+    with caplog.at_level(logging.WARNING, logger="hf_semisup"):
+        make_trainer(tmp_path, model=model)
+    assert "['pooler']" in caplog.text and "modules_to_save" in caplog.text
+
+
+def test_head_outside_modules_to_save_raises(tmp_path):
+    # A ready PeftModel whose head, BART's `classification_head`, is missed by peft's SEQ_CLS defaults.
+    model = get_peft_model(tiny_bart(), LoraConfig(task_type="SEQ_CLS", target_modules=["q_proj"]))
     with pytest.raises(ValueError, match="classification head.*`peft_config.modules_to_save`"):
-        make_trainer(tmp_path, model=model, peft_config=LoraConfig(task_type="SEQ_CLS", target_modules=["q_proj"]))
+        make_trainer(tmp_path, model=model)
 
 
 def test_missing_peft_raises(tmp_path, monkeypatch):
