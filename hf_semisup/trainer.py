@@ -33,7 +33,7 @@ from .data import (
     prepare_stream,
     pseudo_labeled_rows,
 )
-from .embedding_teacher import PrototypeClassifier, class_prototypes, refined_pool_labels, usable_class_names
+from .embedding_teacher import PrototypeTeacherMixin
 from .guards import NonFiniteError, check_finite_model, collapse_alarm, gathered_loss
 from .metrics import accuracy, compute_classification_metrics
 from .model_card import write_model_card
@@ -69,7 +69,7 @@ def load_classifier(name: str, model_init_kwargs: dict, **kwargs) -> PreTrainedM
         raise ValueError(f"`model_init_kwargs`={model_init_kwargs!r} could not load {name!r}: {error}") from error
 
 
-class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Trainer):
+class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, PrototypeTeacherMixin, Trainer):
     r"""
     A [`~transformers.Trainer`] for sequence classification that also learns from unlabeled text by iterative
     self-training.
@@ -394,71 +394,6 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Trai
             desc=f"Pseudo-labeling (round {self.current_round})",
             disable_tqdm=self.args.disable_tqdm,
         )
-
-    def _predict_with_prototypes(self, top_k: int) -> PseudoLabels:
-        """
-        The pool labeled by the initial encoder's class prototypes (`first_teacher="embeddings"`), each refinement step
-        re-estimating them with the pool rows this round's selection keeps.
-        """
-        self._move_model_to_device(self.model, self.args.device)
-        trained = self._copy_state()
-        self._load_state(self._initial_state)
-        try:
-            name_features = self._label_name_features()
-            prototypes = self._class_prototypes(name_features)
-            for step in range(self.args.prototype_refinement_steps):
-                pseudo_labels = self._predict_pool_with_prototypes(prototypes, 0, f"refinement {step + 1}")
-                selected = self._select(pseudo_labels.labels, pseudo_labels.confidences).selected
-                prototypes = self._class_prototypes(name_features, refined_pool_labels(pseudo_labels, selected))
-            return self._predict_pool_with_prototypes(prototypes, top_k, "class prototypes")
-        finally:
-            self._load_state(trained)
-
-    def _class_prototypes(self, name_features, pool_labels: np.ndarray | None = None):
-        """The class prototypes from the labeled set and, given `pool_labels`, the pool rows it assigns a class."""
-        return class_prototypes(
-            self.model,
-            self.labeled_dataset,
-            self.data_collator,
-            self.accelerator,
-            self.args.per_device_eval_batch_size,
-            num_labels=self.model.config.num_labels,
-            name_features=name_features,
-            pool=None if pool_labels is None else self.unlabeled_dataset,
-            pool_labels=pool_labels,
-            disable_tqdm=self.args.disable_tqdm,
-        )
-
-    def _predict_pool_with_prototypes(self, prototypes, top_k: int, what: str) -> PseudoLabels:
-        return predict_pool(
-            PrototypeClassifier(self.model, prototypes),
-            self.unlabeled_dataset,
-            self.data_collator,
-            self.accelerator,
-            self.args.per_device_eval_batch_size,
-            top_k=top_k,
-            desc=f"Pseudo-labeling (round {self.current_round}, {what})",
-            disable_tqdm=self.args.disable_tqdm,
-        )
-
-    def _label_name_features(self) -> list[dict] | None:
-        """`label_name_template` filled in with each class name and tokenized, or `None` when not used."""
-        template = self.args.label_name_template
-        if template is None:
-            return None
-        names = usable_class_names(self.model.config.id2label)
-        if names is None or self.processing_class is None:
-            reason = (
-                f"the class names {self.model.config.id2label} are numbers or placeholders"
-                if names is None
-                else "there is no `processing_class` to tokenize it"
-            )
-            logger.info(
-                f"Class prototypes use the labeled examples only: {reason}, so `label_name_template` is unused."
-            )
-            return None
-        encoded = self.processing_class([template.format(name) for name in names], truncation=True)
-        return [{k: encoded[k][i] for k in encoded.keys()} for i in range(len(names))]
 
     def pseudo_label(
         self, dataset: datasets.Dataset | datasets.IterableDataset | None = None

@@ -240,7 +240,7 @@ def test_placeholder_class_names_are_not_embedded(tmp_path, tokenizer, caplog):
     trainer = SemiSupervisedTrainer(
         model=model, args=args, train_dataset=labeled, processing_class=tokenizer, unlabeled_dataset=pool
     )
-    with caplog.at_level(logging.INFO, logger="hf_semisup.trainer"):
+    with caplog.at_level(logging.INFO, logger="hf_semisup.embedding_teacher"):
         trainer.train()
     assert "numbers or placeholders, so `label_name_template` is unused" in caplog.text
     named = labeled.map(lambda row: {"label": ["negative", "positive"][row["label"]]})
@@ -260,7 +260,7 @@ def test_no_tokenizer_no_label_names(tmp_path, tokenizer, caplog):
     )
     assert len(trainer._label_name_features()) == 2
     trainer.processing_class = None  # e.g. pre-tokenized datasets and a collator of their own
-    with caplog.at_level(logging.INFO, logger="hf_semisup.trainer"):
+    with caplog.at_level(logging.INFO, logger="hf_semisup.embedding_teacher"):
         assert trainer._label_name_features() is None
     assert "no `processing_class` to tokenize it" in caplog.text
 
