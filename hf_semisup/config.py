@@ -413,6 +413,7 @@ class SemiSupervisedConfig(TrainingArguments):
     )
 
     def __post_init__(self):
+        # Before `super().__post_init__()`, which parses the JSON and would fail with a bare `JSONDecodeError`.
         if isinstance(self.model_init_kwargs, str) and self.model_init_kwargs.strip().startswith("{"):
             try:
                 json.loads(self.model_init_kwargs)
