@@ -39,11 +39,11 @@ class SemiSupervisedConfig(TrainingArguments):
             which keeps a teacher's mistakes from compounding in the weights; `"continue"` fine-tunes the teacher.
         student_epochs (`float` or `None`, *optional*, defaults to `1.0`):
             Epochs each student trains on labeled + pseudo-labeled rows (rounds 1, 2, ...; still at least
-            `min_steps_per_round` steps). Round 0, on the labeled set alone, trains `num_train_epochs`. `None` uses
-            `num_train_epochs` in every round. One epoch because pseudo-labels are noisy: a network fits the correct
-            labels first and memorizes the wrong ones later; after three epochs the student's training loss is near 0
-            and it is near-certain on most of the pool, which also blunts the next round's top-k ranking (see the
-            defaults note under Selection).
+            `min_steps_per_round` steps). Round 0, on the labeled set alone, trains `num_train_epochs`. `None` (`none`
+            on the command line) uses `num_train_epochs` in every round. One epoch because pseudo-labels are noisy: a
+            network fits the correct labels first and memorizes the wrong ones later; after three epochs the student's
+            training loss is near 0 and it is near-certain on most of the pool, which also blunts the next round's
+            top-k ranking (see the defaults note under Selection).
         min_steps_per_round (`int`, *optional*, defaults to `100`):
             Each round trains for its epochs (`num_train_epochs`, or `student_epochs` for students), or for this many
             optimizer steps when those epochs are fewer: with a few dozen labels, 3 epochs are a handful of steps and
@@ -255,11 +255,12 @@ class SemiSupervisedConfig(TrainingArguments):
             "round 1's selection keeps, with the labeled rows (a k-means step). 0: the labeled rows only."
         },
     )
-    student_epochs: float | None = field(
+    # `str` so that a command line can say `none` (HfArgumentParser parses it as a string; `__post_init__` converts).
+    student_epochs: float | str | None = field(
         default=1.0,
         metadata={
             "help": "Epochs of each pseudo-labeled round (1, 2, ...), at least min_steps_per_round steps; round 0 "
-            "trains num_train_epochs. None (Python or YAML null): num_train_epochs in every round."
+            "trains num_train_epochs. none (None in Python, null in YAML): num_train_epochs in every round."
         },
     )
     min_steps_per_round: int = field(
@@ -431,6 +432,8 @@ class SemiSupervisedConfig(TrainingArguments):
             raise ValueError(f"`min_steps_per_round` must be an integer >= 0, got {self.min_steps_per_round!r}.")
         if self.min_steps_per_round < 0:
             raise ValueError(f"`min_steps_per_round` must be an integer >= 0, got {self.min_steps_per_round!r}.")
+        if isinstance(self.student_epochs, str):
+            self.student_epochs = _none_or_float(self.student_epochs)
         if self.student_epochs is not None and (
             not _is_number(self.student_epochs) or not 0.0 < self.student_epochs < float("inf")
         ):
@@ -551,3 +554,13 @@ class SemiSupervisedConfig(TrainingArguments):
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _none_or_float(value: str) -> float | str | None:
+    """A command line's `none`/`null` as `None`, a number as a `float`; anything else unchanged, for the check."""
+    if value.strip().lower() in ("none", "null"):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return value

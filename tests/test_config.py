@@ -41,6 +41,15 @@ def test_hf_argument_parser_reads_the_fields(tmp_path):
     assert config.student_epochs == 2.5
     assert config.text_column == "sentence"
     assert config.model_init_kwargs == {"revision": "v1.0", "dtype": "bfloat16"}
+    assert isinstance(config.student_epochs, float)
+
+
+@pytest.mark.parametrize("value", ["none", "None", "null"])
+def test_student_epochs_none_from_the_command_line(tmp_path, value):
+    parser = HfArgumentParser(SemiSupervisedConfig)
+    (config,) = parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--student_epochs", value])
+    assert config.student_epochs is None
+    assert config.round_epochs(1) == config.num_train_epochs
 
 
 @pytest.mark.parametrize(
