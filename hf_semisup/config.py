@@ -402,8 +402,8 @@ class SemiSupervisedConfig(TrainingArguments):
     model_init_kwargs: dict | str | None = field(
         default=None,
         metadata={
-            "help": "Keyword arguments for AutoModelForSequenceClassification.from_pretrained when the trainer's model "
-            'is a name or path, as a JSON string, e.g. \'{"revision": "v1.0", "dtype": "bfloat16"}\'.'
+            "help": "Keyword arguments for AutoModelForSequenceClassification.from_pretrained when the trainer's "
+            'model is a name or path, as a JSON string, e.g. \'{"revision": "v1.0", "dtype": "bfloat16"}\'.'
         },
     )
 
