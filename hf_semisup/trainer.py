@@ -84,8 +84,9 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Prot
     Args:
         model (`PreTrainedModel`, `torch.nn.Module`, [`~peft.PeftModel`] or `str`):
             The classifier, or a name or path loaded with `AutoModelForSequenceClassification.from_pretrained` and
-            `args.model_init_kwargs` (its `num_labels` and label names then come from the labeled set). A `PeftModel` (loaded with
-            `is_trainable=True`) trains its adapter and classification head; then `peft_config` must be `None`.
+            `args.model_init_kwargs` (its `num_labels` and label names then come from the labeled set). A `PeftModel`
+            (loaded with `is_trainable=True`) trains its adapter and classification head; then `peft_config` must be
+            `None`.
         args ([`SemiSupervisedConfig`], *optional*):
             The configuration. `None` builds a default one writing to `<model name>-semisup`; a plain
             `TrainingArguments` is converted, with the semi-supervised fields at their defaults.
