@@ -22,7 +22,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, enabl
 from .adapters import is_peft_model, load_trainable_state, prepare_peft_model, save_merged_model, trainable_state
 from .checkpointing import SelfTrainingCheckpointMixin, deterministic_metrics, load_pseudo_labels, write_json_atomic
 from .compat import upload_ignoring
-from .config import SemiSupervisedConfig
+from .config import DEFAULT_CONSISTENCY_WEIGHT, SemiSupervisedConfig
 from .consistency import CONSISTENCY_KEY, ConsistencyRegularizer
 from .data import (
     check_every_class_labeled,
@@ -150,6 +150,12 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Prot
         args = self._resolve_args(args, model)
         if train_dataset is None:
             raise ValueError("`train_dataset` (the labeled set) is required.")
+        consistency_chosen = args.consistency_weight is None
+        if consistency_chosen:
+            has_tokenizer = processing_class is not None or isinstance(model, str)
+            args.consistency_weight = self._default_consistency_weight(
+                unlabeled_dataset, has_tokenizer, compute_loss_func
+            )
         uses_pool = args.self_training_rounds > 0 or args.consistency_weight > 0
         if uses_pool and unlabeled_dataset is None:
             raise ValueError(
@@ -246,6 +252,8 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Prot
 
         # Consistency
         self.consistency = None
+        if consistency_chosen and self.model.config.num_labels < 2:
+            args.consistency_weight = 0.0  # a regression head has no distribution to keep consistent
         if args.consistency_weight > 0:
             if self.model.config.num_labels < 2:
                 raise ValueError(
@@ -293,6 +301,17 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Prot
             values.pop("push_to_hub_token", None)
             return SemiSupervisedConfig(**values)
         return args
+
+    @staticmethod
+    def _default_consistency_weight(unlabeled_dataset, has_tokenizer: bool, compute_loss_func) -> float:
+        """`consistency_weight` when unset: on wherever the pool and the trainer allow it (see `SemiSupervisedConfig`)."""
+        allowed = (
+            isinstance(unlabeled_dataset, datasets.Dataset)
+            and len(unlabeled_dataset) > 0
+            and has_tokenizer
+            and compute_loss_func is None
+        )
+        return DEFAULT_CONSISTENCY_WEIGHT if allowed else 0.0
 
     @staticmethod
     def _create_model(name: str, label_names: list | None, train_dataset, args) -> PreTrainedModel:

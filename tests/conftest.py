@@ -100,6 +100,8 @@ def tiny_config(output_dir, **kwargs):
         # test_selection_strategies.py cover the defaults.
         first_teacher="model",
         selection_strategy="threshold",
+        # Self-training alone, unless a test asks for the consistency loss; test_consistency.py covers the default.
+        consistency_weight=0.0,
     )
     defaults.update(kwargs)
     return SemiSupervisedConfig(**defaults)

@@ -20,7 +20,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from hf_semisup import SemiSupervisedConfig
 from hf_semisup.arguments import DataArguments, ModelArguments
-from hf_semisup.cli import load_model, main, make_train_parser, parse_train_args
+from hf_semisup.cli import build_trainer, load_model, main, make_train_parser, parse_train_args
+from hf_semisup.config import DEFAULT_CONSISTENCY_WEIGHT
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,6 +38,7 @@ TINY_TRAINING = [
     "--logging_strategy", "no",
     "--disable_tqdm", "true",
     "--use_cpu",
+    "--consistency_weight", "0",  # self-training alone; test_default_run_adds_the_consistency_loss covers the default
 ]  # fmt: skip
 
 
@@ -221,6 +223,17 @@ def test_example_script_runs(workspace, tmp_path, monkeypatch):
 # ---- Options and config files -----------------------------------------------------------------------------------
 def parse(argv, defaults=None):
     return parse_train_args(make_train_parser(), argv, defaults)
+
+
+def test_default_run_adds_the_consistency_loss(workspace, tmp_path):
+    data_args, model_args, config = parse([*data_flags(workspace), "--output_dir", str(tmp_path)])
+    assert config.consistency_weight is None
+    trainer, _, _ = build_trainer(data_args, model_args, config)
+    assert config.consistency_weight == DEFAULT_CONSISTENCY_WEIGHT and trainer.consistency is not None
+
+    _, _, config = parse([*data_flags(workspace), "--output_dir", str(tmp_path), "--self_training_rounds", "0"])
+    build_trainer(data_args, model_args, config)
+    assert config.consistency_weight == 0.0  # no pool without rounds: supervised-only is a plain run
 
 
 def test_model_init_kwargs_reach_the_model_tokenizer_and_config(tmp_path):

@@ -10,6 +10,7 @@ import torch
 from transformers import DataCollatorWithPadding, TrainerCallback
 
 from hf_semisup import SemiSupervisedConfig, SemiSupervisedTrainer
+from hf_semisup.config import DEFAULT_CONSISTENCY_WEIGHT
 from hf_semisup.consistency import (
     CONSISTENCY_KEY,
     TokenDropout,
@@ -119,6 +120,37 @@ def test_consistency_needs_unlabeled_dataset_and_tokenizer(tmp_path, tokenizer):
             train_dataset=tokenized,
             unlabeled_dataset=pool.remove_columns(["text", "label"]),
         )
+
+
+@pytest.mark.parametrize(
+    "pool, tokenizer_given, loss_func, expected",
+    [
+        ("dataset", True, False, DEFAULT_CONSISTENCY_WEIGHT),
+        ("stream", True, False, 0.0),  # the unlabeled sampler needs a Dataset
+        ("dataset", False, False, 0.0),  # nothing to drop tokens with
+        ("dataset", True, True, 0.0),  # a loss of the caller's own
+        (None, True, False, 0.0),  # supervised-only: a plain run
+    ],
+)
+def test_unset_weight_is_chosen_from_the_pool(tmp_path, tokenizer, pool, tokenizer_given, loss_func, expected):
+    labeled, unlabeled = toy_dataset(16), toy_dataset(16, seed=1)
+    if not tokenizer_given:  # pre-tokenized data and a collator of their own
+        labeled = labeled.map(lambda b: tokenizer(b["text"]), batched=True).remove_columns("text")
+        unlabeled = unlabeled.map(lambda b: tokenizer(b["text"]), batched=True).remove_columns(["text", "label"])
+    if pool == "stream":
+        unlabeled = unlabeled.to_iterable_dataset()
+    config = tiny_config(tmp_path, self_training_rounds=0 if pool is None else 1, consistency_weight=None)
+    trainer = SemiSupervisedTrainer(
+        deterministic_model(),
+        config,
+        data_collator=None if tokenizer_given else DataCollatorWithPadding(tokenizer),
+        train_dataset=labeled,
+        processing_class=tokenizer if tokenizer_given else None,
+        compute_loss_func=(lambda outputs, labels, num_items_in_batch=None: outputs.loss) if loss_func else None,
+        unlabeled_dataset=None if pool is None else unlabeled,
+    )
+    assert config.consistency_weight == expected  # written back: the model card and history show what ran
+    assert (trainer.consistency is not None) == (expected > 0)
 
 
 # ---- Token dropout ---------------------------------------------------------------------------------------------------

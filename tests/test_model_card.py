@@ -151,6 +151,7 @@ def test_only_non_default_hyperparameters_are_listed(card_run):
         "class_balance": False,
         "min_steps_per_round": 0,  # tiny_config's
         "student_epochs": None,  # tiny_config's
+        "consistency_weight": 0.0,  # tiny_config's (the default, None, lets the trainer choose)
         "first_teacher": "model",
         "selection_strategy": "threshold",
     }
