@@ -194,7 +194,7 @@ class SemiSupervisedConfig(TrainingArguments):
             previous round's: if it got worse, go back to the previous round's model and stop. Needs an
             `eval_dataset`. Off by default: on the label-efficiency benchmark, judged by the eval loss on a held-out
             quarter of 16 or 64 labeled examples (4 or 16 texts, where one text moves the accuracy by 25 or 6 points),
-            it went back on all six runs and ended at 0.602 against 0.700 for the defaults at 8 labels per class. Use
+            it went back on all six runs and ended at 0.602 against 0.700 without it at 8 labels per class. Use
             it with a held-out set large enough to measure the few points a round changes.
 
         > Data
