@@ -252,8 +252,11 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Prot
 
         # Consistency
         self.consistency = None
-        if consistency_chosen and self.model.config.num_labels < 2:
-            args.consistency_weight = 0.0  # a regression head has no distribution to keep consistent
+        if consistency_chosen and (
+            self.model.config.num_labels < 2 or getattr(self.processing_class, "pad_token_id", None) is None
+        ):
+            # A regression head has no distribution to keep consistent; a tokenizer without padding cannot re-pad.
+            args.consistency_weight = 0.0
         if args.consistency_weight > 0:
             if self.model.config.num_labels < 2:
                 raise ValueError(

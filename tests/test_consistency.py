@@ -1,3 +1,4 @@
+import copy
 import math
 import os
 import random
@@ -151,6 +152,22 @@ def test_unset_weight_is_chosen_from_the_pool(tmp_path, tokenizer, pool, tokeniz
     )
     assert config.consistency_weight == expected  # written back: the model card and history show what ran
     assert (trainer.consistency is not None) == (expected > 0)
+
+
+def test_unset_weight_is_off_for_a_tokenizer_without_padding(tmp_path, tokenizer):
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.pad_token = None  # as GPT-2's; the collator pads with a caller's own
+    labeled = toy_dataset(16).map(lambda b: tokenizer(b["text"]), batched=True)
+    config = tiny_config(tmp_path, self_training_rounds=1, consistency_weight=None)
+    trainer = SemiSupervisedTrainer(
+        deterministic_model(),
+        config,
+        data_collator=lambda features: features,  # never called: nothing trains here
+        train_dataset=labeled,
+        processing_class=tokenizer,
+        unlabeled_dataset=toy_dataset(16, seed=1),
+    )
+    assert config.consistency_weight == 0.0 and trainer.consistency is None
 
 
 # ---- Token dropout ---------------------------------------------------------------------------------------------------
