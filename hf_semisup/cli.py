@@ -37,7 +37,7 @@ OPTIONS_NOTE = (
 COMMANDS = {
     "train": "Train on a Hub dataset or local files; prints a per-round summary and saves the model.",
     "demo": "Offline quickstart: `train` with a shipped config, movie-review sample and MiniLM, printing "
-    "supervised-only against self-training accuracy. Takes every `train` option.",
+    "round 0 (no pseudo-labels yet) against self-training accuracy. Takes every `train` option.",
 }
 
 
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "demo" and trainer.is_world_process_zero():
         from .demo import print_comparison
 
-        print_comparison(results, num_unlabeled)
+        print_comparison(results, num_unlabeled, trainer.args.consistency_weight)
     return 0
 
 

@@ -31,15 +31,28 @@ def demo_defaults(argv: list[str]) -> dict:
     return defaults
 
 
-def print_comparison(results: dict, num_unlabeled: int):
-    """Print supervised-only (round 0, the labeled-only fit self-training starts from) against the final model."""
+def print_comparison(results: dict, num_unlabeled: int, consistency_weight: float = 0.0):
+    """
+    Print round 0 (the fit on the labeled texts that self-training starts from) against the final model. Round 0 is
+    supervised-only unless the consistency loss was on: then it also learned from the unlabeled texts, and says so.
+    """
     first, split = results["history"][0], results["per_round"]
     final = {key[len(split) + 1 :]: value for key, value in results["metrics"].items() if key.startswith(f"{split}_")}
     rounds = len(results["history"]) - 1
     rounds = f"{rounds} round{'' if rounds == 1 else 's'}"
+    baseline = "supervised-only" if not consistency_weight else "round 0: labels + consistency loss"
     print(f"\nHeld-out {split} set:\n\n| system | accuracy | macro-F1 |\n| --- | --- | --- |")
     print(
-        f"| supervised-only ({first['num_train_examples']} labels) | {first['eval_accuracy']:.3f} | {first['eval_f1']:.3f} |"
+        f"| {baseline} ({first['num_train_examples']} labels) | {first['eval_accuracy']:.3f} | {first['eval_f1']:.3f} |"
     )
     print(f"| self-training, {rounds} (+{num_unlabeled:,} unlabeled) | {final['accuracy']:.3f} | {final['f1']:.3f} |")
-    print("\nSupervised-only is round 0: the same model, labels and training steps, before any pseudo-label is used.")
+    if not consistency_weight:
+        print(
+            "\nSupervised-only is round 0: the same model, labels and training steps, before any pseudo-label is used."
+        )
+    else:
+        print(
+            "\nRound 0 is the same model, labels and training steps, before any pseudo-label is used; with the "
+            f"consistency loss (lambda {consistency_weight:g}) it also learns from the unlabeled texts. "
+            "`--consistency_weight 0` makes it supervised-only."
+        )

@@ -210,6 +210,22 @@ def test_demo_command_with_a_tiny_model(workspace, tmp_path):
     )
 
 
+@pytest.mark.parametrize("weight, baseline", [(0.0, "supervised-only"), (1.0, "round 0: labels + consistency loss")])
+def test_demo_comparison_names_round_0_for_what_it_trained_on(capsys, weight, baseline):
+    from hf_semisup.demo import print_comparison
+
+    results = {
+        "history": [{"num_train_examples": 32, "eval_accuracy": 0.6, "eval_f1": 0.59}, {}],
+        "per_round": "test",
+        "metrics": {"test_accuracy": 0.7, "test_f1": 0.69},
+    }
+    print_comparison(results, 1500, weight)
+    out = capsys.readouterr().out
+    assert f"| {baseline} (32 labels) | 0.600 | 0.590 |" in out
+    assert "| self-training, 1 round (+1,500 unlabeled) | 0.700 | 0.690 |" in out
+    assert ("consistency loss (lambda 1)" in out) == bool(weight)
+
+
 def test_example_script_runs(workspace, tmp_path, monkeypatch):
     argv = [*data_flags(workspace), "--self_training_rounds", "1", "--output_dir", str(tmp_path)] + TINY_TRAINING
     monkeypatch.setattr(sys, "argv", ["sentiment.py", *argv])
