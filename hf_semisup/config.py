@@ -146,7 +146,7 @@ class SemiSupervisedConfig(TrainingArguments):
             `None` lets the trainer choose: [`DEFAULT_CONSISTENCY_WEIGHT`] (1.0) when the unlabeled pool is a
             `datasets.Dataset`, there is a tokenizer with a padding token to drop tokens with, no `compute_loss_func`
             and at least 2 classes; `0` otherwise (no pool, a streamed pool, ...). The trainer writes the value it
-            chose back into the config.
+            chose back into the config (and chooses again if the config is reused for another trainer).
         token_dropout (`float`, *optional*, defaults to `0.15`):
             Probability that each token of an unlabeled text is dropped in the noised copy, in [0, 1). Special tokens
             (CLS, SEP, padding and any other special token) are never dropped.

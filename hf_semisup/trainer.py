@@ -150,8 +150,10 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Prot
         args = self._resolve_args(args, model)
         if train_dataset is None:
             raise ValueError("`train_dataset` (the labeled set) is required.")
-        consistency_chosen = args.consistency_weight is None
+        # Unset, the trainer chooses, and writes its choice back; a config reused for another trainer chooses again.
+        consistency_chosen = args.consistency_weight is None or getattr(args, "_consistency_weight_chosen", False)
         if consistency_chosen:
+            args._consistency_weight_chosen = True
             has_tokenizer = processing_class is not None or isinstance(model, str)
             args.consistency_weight = self._default_consistency_weight(
                 unlabeled_dataset, has_tokenizer, compute_loss_func

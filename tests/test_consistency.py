@@ -154,6 +154,20 @@ def test_unset_weight_is_chosen_from_the_pool(tmp_path, tokenizer, pool, tokeniz
     assert (trainer.consistency is not None) == (expected > 0)
 
 
+def test_a_config_reused_for_another_trainer_chooses_again(tmp_path, tokenizer):
+    config = tiny_config(tmp_path, self_training_rounds=1, consistency_weight=None)
+    pool = toy_dataset(16, seed=1)
+    for unlabeled, expected in ((pool, DEFAULT_CONSISTENCY_WEIGHT), (pool.to_iterable_dataset(), 0.0)):
+        SemiSupervisedTrainer(
+            deterministic_model(),
+            config,
+            train_dataset=toy_dataset(16),
+            processing_class=tokenizer,
+            unlabeled_dataset=unlabeled,
+        )
+        assert config.consistency_weight == expected
+
+
 def test_unset_weight_is_off_for_a_tokenizer_without_padding(tmp_path, tokenizer):
     tokenizer = copy.deepcopy(tokenizer)
     tokenizer.pad_token = None  # as GPT-2's; the collator pads with a caller's own
