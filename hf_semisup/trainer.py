@@ -150,26 +150,24 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Prot
         args = self._resolve_args(args, model)
         if train_dataset is None:
             raise ValueError("`train_dataset` (the labeled set) is required.")
-        # Unset, the trainer chooses, and writes its choice back; a config reused for another trainer chooses again.
+        # Unset, the trainer chooses once the model and tokenizer are loaded (below), and writes its choice back; a
+        # config reused for another trainer chooses again. Only a value the user set is checked here.
         consistency_chosen = args.consistency_weight is None or getattr(args, "_consistency_weight_chosen", False)
         if consistency_chosen:
             args._consistency_weight_chosen = True
-            has_tokenizer = processing_class is not None or isinstance(model, str)
-            args.consistency_weight = self._default_consistency_weight(
-                unlabeled_dataset, has_tokenizer, compute_loss_func
-            )
-        uses_pool = args.self_training_rounds > 0 or args.consistency_weight > 0
-        if uses_pool and unlabeled_dataset is None:
+            args.consistency_weight = None
+        explicit_weight = args.consistency_weight or 0.0
+        if (args.self_training_rounds > 0 or explicit_weight > 0) and unlabeled_dataset is None:
             raise ValueError(
                 "`unlabeled_dataset` is required when `self_training_rounds` > 0 or `consistency_weight` > 0 (got "
                 f"self_training_rounds={args.self_training_rounds}, consistency_weight={args.consistency_weight})."
             )
-        if args.consistency_weight > 0 and isinstance(unlabeled_dataset, datasets.IterableDataset):
+        if explicit_weight > 0 and isinstance(unlabeled_dataset, datasets.IterableDataset):
             raise ValueError(
                 f"`consistency_weight`={args.consistency_weight} needs a `datasets.Dataset` as `unlabeled_dataset` "
                 "(its sampler reshuffles the pool each pass); got an `IterableDataset`."
             )
-        if args.consistency_weight > 0 and compute_loss_func is not None:
+        if explicit_weight > 0 and compute_loss_func is not None:
             raise ValueError(
                 f"`compute_loss_func` cannot be combined with `consistency_weight`={args.consistency_weight}: the "
                 "consistency loss computes the supervised cross-entropy itself."
@@ -203,6 +201,11 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Prot
 
         # PEFT
         model = prepare_peft_model(model, peft_config)
+
+        if consistency_chosen:
+            args.consistency_weight = self._default_consistency_weight(
+                unlabeled_dataset, processing_class, compute_loss_func, model.config.num_labels
+            )
 
         # Datasets
         prepare = dict(
@@ -254,11 +257,6 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Prot
 
         # Consistency
         self.consistency = None
-        if consistency_chosen and (
-            self.model.config.num_labels < 2 or getattr(self.processing_class, "pad_token_id", None) is None
-        ):
-            # A regression head has no distribution to keep consistent; a tokenizer without padding cannot re-pad.
-            args.consistency_weight = 0.0
         if args.consistency_weight > 0:
             if self.model.config.num_labels < 2:
                 raise ValueError(
@@ -308,13 +306,16 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Prot
         return args
 
     @staticmethod
-    def _default_consistency_weight(unlabeled_dataset, has_tokenizer: bool, compute_loss_func) -> float:
-        """`consistency_weight` when unset: on wherever the pool and the trainer allow it (see `SemiSupervisedConfig`)."""
+    def _default_consistency_weight(unlabeled_dataset, tokenizer, compute_loss_func, num_labels: int) -> float:
+        """`consistency_weight` when unset: on wherever the pool and the trainer allow it (see `SemiSupervisedConfig`).
+        The consistency sampler reshuffles a `Dataset` (not a stream), token dropout needs a tokenizer that can pad, the
+        consistency loss computes the supervised loss itself, and a regression head has no distribution to keep."""
         allowed = (
             isinstance(unlabeled_dataset, datasets.Dataset)
             and len(unlabeled_dataset) > 0
-            and has_tokenizer
+            and getattr(tokenizer, "pad_token_id", None) is not None
             and compute_loss_func is None
+            and num_labels >= 2
         )
         return DEFAULT_CONSISTENCY_WEIGHT if allowed else 0.0
 

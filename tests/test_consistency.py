@@ -184,6 +184,27 @@ def test_unset_weight_is_off_for_a_tokenizer_without_padding(tmp_path, tokenizer
     assert config.consistency_weight == 0.0 and trainer.consistency is None
 
 
+def test_one_output_head_gets_no_consistency_loss_unless_asked_and_then_an_error(tmp_path, tokenizer):
+    """A head with one output has no class distribution to keep consistent: unset, the weight is 0; set, an error."""
+    labeled = toy_dataset(16, names=("only", "only"))
+    pool = toy_dataset(16, seed=1).remove_columns("label")
+    config = tiny_config(tmp_path, self_training_rounds=0, consistency_weight=None)
+    trainer = SemiSupervisedTrainer(
+        make_model(num_labels=1), config, train_dataset=labeled, processing_class=tokenizer, unlabeled_dataset=pool
+    )
+    assert config.consistency_weight == 0.0 and trainer.consistency is None
+    with pytest.raises(
+        ValueError, match="`consistency_weight` > 0 needs a classifier with >= 2 labels.*`num_labels`=1"
+    ):
+        SemiSupervisedTrainer(
+            make_model(num_labels=1),
+            tiny_config(tmp_path, self_training_rounds=0, consistency_weight=1.0),
+            train_dataset=labeled,
+            processing_class=tokenizer,
+            unlabeled_dataset=pool,
+        )
+
+
 # ---- Token dropout ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["mask", "delete"])
 @pytest.mark.parametrize("probability", [0.1, 0.5])
