@@ -137,3 +137,28 @@ def test_saved_runs_resume_and_never_mix_settings(tmp_path):
         json.dump({"runs": [run("defaults", 0.7)]}, f)  # a file without settings is not someone else's to overwrite
     with pytest.raises(SystemExit, match="budgets differ"):
         label_efficiency.saved_runs(path, {"budgets": [8]})
+
+
+@pytest.mark.parametrize("systems", [label_efficiency.DEFAULT_SYSTEMS, label_efficiency.QUICK_SYSTEMS])
+def test_default_system_lists_train_no_configuration_twice(systems, tmp_path):
+    """Each semi-supervised system of a default list trains a different config, once the trainer's choice of an unset
+    `consistency_weight` is applied (`both` at the default lambda trains as `defaults` does)."""
+    from hf_semisup.config import DEFAULT_CONSISTENCY_WEIGHT, SemiSupervisedConfig
+
+    args = type("Args", (), {"consistency_weight": 1.0, "max_length": 128, "seed_offset": 42, "set": {}})()
+    configs = []
+    for system in systems:
+        kind, overrides = label_efficiency.SYSTEMS[system]
+        if kind != "semisup":
+            continue
+        overrides, held_out = label_efficiency.semisup_overrides(overrides, args)
+        config = SemiSupervisedConfig(**{**label_efficiency.base_settings(args, str(tmp_path)), **overrides}).to_dict()
+        if config["consistency_weight"] is None:
+            config["consistency_weight"] = DEFAULT_CONSISTENCY_WEIGHT
+        configs.append((config, held_out))
+    assert len(configs) >= 3
+    assert all(a != b for i, a in enumerate(configs) for b in configs[i + 1 :])
+    # What the test guards against: `both` beside `defaults`.
+    both, _ = label_efficiency.semisup_overrides(label_efficiency.SYSTEMS["both"][1], args)
+    both = SemiSupervisedConfig(**{**label_efficiency.base_settings(args, str(tmp_path)), **both}).to_dict()
+    assert (both, False) in configs
