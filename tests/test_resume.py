@@ -19,12 +19,15 @@ from hf_semisup.checkpointing import (
     SelfTrainingState,
     find_latest_state,
     generator_state,
+    load_pseudo_labels,
     restore_generator_state,
+    save_pseudo_labels,
     write_json_atomic,
 )
 
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "interruptible_run.py")
+SAVED_ARRAYS = ("round", "labels", "confidences", "selected")
 KILLED = 17  # the exit code of interruptible_run.py's `os._exit`
 
 
@@ -80,8 +83,11 @@ def test_runs_killed_anywhere_resume_to_the_uninterrupted_result(tmp_path):
     assert got["history"] == expected["history"]
     assert got["logits"] == expected["logits"]  # exact, on CPU
     for round_ in (1, 2):
-        name = f"round-{round_}/self_training_pseudo_labels.json"
-        assert read_json(interrupted / name) == read_json(tmp_path / "reference" / name)
+        name = f"round-{round_}/self_training_pseudo_labels.npz"
+        with np.load(interrupted / name) as got_arrays, np.load(tmp_path / "reference" / name) as expected_arrays:
+            assert sorted(got_arrays.files) == sorted(expected_arrays.files) == sorted(SAVED_ARRAYS)
+            for key in expected_arrays.files:
+                np.testing.assert_array_equal(got_arrays[key], expected_arrays[key])
     assert read_json(interrupted / "self_training_history.json") == expected["history"]
 
     # Each resume skipped the finished work: round 0 restarted at its step-4 checkpoint, round 1 at step 8, and round 2
@@ -179,6 +185,31 @@ def test_resume_before_the_prototype_teacher_labels_round_1(tmp_path, tokenizer)
     assert expected[0][1]["num_pseudo_labels"] > 0
     assert starts[0] == (0, 4)
     assert_same_outcome(got, expected)
+
+
+def test_checkpoint_pseudo_labels_are_arrays_and_earlier_json_files_still_load(tmp_path):
+    labels, confidences, selected = np.array([1, 0, 1]), np.array([0.9, 0.6, 0.7], dtype=np.float32), np.array([0, 2])
+    path = str(tmp_path / "round-1" / "self_training_pseudo_labels.npz")
+    save_pseudo_labels(path, 1, labels, confidences, selected)
+    with np.load(path) as arrays:  # plain arrays: no pickle needed to read them
+        assert sorted(arrays.files) == sorted(SAVED_ARRAYS)
+        assert arrays["confidences"].dtype == np.float32
+    got = load_pseudo_labels(path, 3)
+    np.testing.assert_array_equal(got[0], labels)
+    np.testing.assert_array_equal(got[1], confidences)
+    np.testing.assert_array_equal(got[2], selected)
+    assert got[3] is None
+    assert os.listdir(tmp_path / "round-1") == ["self_training_pseudo_labels.npz"]  # no temporary file left
+    with pytest.raises(ValueError, match="labels 3 rows, but the unlabeled set .* has 4"):
+        load_pseudo_labels(path, 4)
+
+    # A run interrupted under an earlier version recorded a JSON file in its state.
+    legacy = str(tmp_path / "self_training_pseudo_labels.json")
+    write_json_atomic(legacy, {"round": 1, "labels": [1, 0, 1], "confidences": [0.9, 0.6, 0.7], "selected": [0, 2]})
+    got = load_pseudo_labels(legacy, 3)
+    np.testing.assert_array_equal(got[0], labels)
+    np.testing.assert_array_equal(got[1], confidences)
+    np.testing.assert_array_equal(got[2], selected)
 
 
 def test_resume_without_a_saved_state_is_a_clear_error(tmp_path, tokenizer):

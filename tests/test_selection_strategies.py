@@ -185,7 +185,7 @@ def test_full_distribution_round_trips_through_both_files(tmp_path):
     np.testing.assert_array_equal(loaded.probabilities(3), probabilities.numpy())
     assert selected.tolist() == [2, 5]
 
-    path = str(tmp_path / "checkpoint.json")
+    path = str(tmp_path / "checkpoint.npz")
     save_checkpoint_pseudo_labels(path, 1, loaded.labels, loaded.confidences, selected, loaded.probabilities(3))
     *_, restored = load_checkpoint_pseudo_labels(path, 9)
     np.testing.assert_array_equal(restored, probabilities.numpy())  # float32 exactly: a resumed round is exact
@@ -343,9 +343,7 @@ def test_soft_round_resumes_from_its_saved_pseudo_labels(tmp_path, tokenizer):
     )
     trainer.train()
     # What a run resumed in round 1's fitting phase reads back, and the training rows it rebuilds from it.
-    saved = load_checkpoint_pseudo_labels(
-        str(tmp_path / "output" / "round-1" / "self_training_pseudo_labels.json"), 24
-    )
+    saved = load_checkpoint_pseudo_labels(str(tmp_path / "output" / "round-1" / "self_training_pseudo_labels.npz"), 24)
     assert saved[3].shape == (24, 2)
     record = {"round": 1}
     resumed = trainer._pseudo_labeled_train_set(record, saved).with_format("numpy")
