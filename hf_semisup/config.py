@@ -118,29 +118,28 @@ class SemiSupervisedConfig(TrainingArguments):
 
         The defaults (`first_teacher="embeddings"` with `prototype_refinement_steps=1`, `"topk"` with
         `pseudo_label_fraction=0.4`, hard pseudo-labels, `student_epochs=1`) come from the label-efficiency benchmark
-        (`benchmarks/label_efficiency.py`, README; movie snippets and a subjectivity set, 8 labels per class, three
-        seeds). With the round-0 model as first teacher and
-        the 0.9 threshold (the earlier defaults), self-training scored below supervised-only (0.540 against 0.553,
-        1,000-row pool): the model fit on 16 labels labels the pool at 0.58 accuracy and is overconfident, so its
-        students learn its mistakes, and no selection rule (threshold, adaptive, top-k, soft labels) fixed that. The
-        class prototypes of the untouched encoder label a 4,000-row pool at 0.635 and their most confident fifth at
-        0.791; with them, self-training scores 0.680 +- 0.048 on movie snippets, above supervised-only (0.553 +- 0.070)
-        and SetFit (0.604 +- 0.060) on every seed. Top-k goes with them: the prototypes' scores are scaled cosine
-        similarities, not calibrated probabilities, so a fixed threshold would keep a different share on every data
-        set, while a share of the ranked pool adapts to the confidence distribution, and the class quotas to the
-        labeled class prior. The share and the students' length were then set together: a fifth of the pool per round
-        and three epochs per student left the subjectivity set's seed 0 below supervised-only (0.868 against 0.872;
-        its most confident fifth is 98% right but holds only the easy texts), while 0.4 and one epoch score 0.886
-        there. A student trained three epochs is near-certain on most of the pool, which blunts the next round's
-        ranking (movie snippets, seed 0: the lowest confidence in its top 40% is 0.998, after one epoch 0.938). The
-        means at 8 labels per class did not move (movie snippets 0.682 +- 0.057 against 0.680; subjectivity 0.866 +-
-        0.022 against 0.865) and rose at 32 (movie snippets 0.719 +- 0.019 against 0.709), and every seed of both
-        sets is now above supervised-only. The two go together: one-epoch students with a fifth of the pool per round
-        score lower on both sets and budgets (0.666, 0.859, 0.700) and fall below supervised-only on subjectivity's
-        seed 0. Refining the prototypes once then raised the 8-label means to 0.700 +- 0.037 (movie snippets, 53% of
-        the gap to 4,000 labels) and 0.878 +- 0.007 (subjectivity). These were measured with a sentence-embedding
-        encoder (all-MiniLM-L6-v2); for an encoder not trained for sentence embeddings, compare with
-        `first_teacher="model"` on validation data.
+        (`benchmarks/label_efficiency.py`, `benchmarks/README.md`; movie snippets and a subjectivity set, 8 labels per
+        class, three seeds). With the round-0 model as first teacher and the 0.9 threshold (the earlier defaults),
+        self-training scored below supervised-only (0.540 against 0.553, 1,000-row pool): the model fit on 16 labels
+        labels the pool at 0.58 accuracy and is overconfident, so its students learn its mistakes, and no selection rule
+        (threshold, adaptive, top-k, soft labels) fixed that. The class prototypes of the untouched encoder label a
+        4,000-row pool at 0.635 and their most confident fifth at 0.791; with them, self-training scores 0.680 +- 0.048
+        on movie snippets, above supervised-only (0.553 +- 0.070) and SetFit (0.604 +- 0.060) on every seed. Top-k goes
+        with them: the prototypes' scores are scaled cosine similarities, not calibrated probabilities, so a fixed
+        threshold would keep a different share on every data set, while a share of the ranked pool adapts to the
+        confidence distribution, and the class quotas to the labeled class prior. The share and the students' length
+        were then set together: a fifth of the pool per round and three epochs per student left the subjectivity set's
+        seed 0 below supervised-only (0.868 against 0.872; its most confident fifth is 98% right but holds only the easy
+        texts), while 0.4 and one epoch score 0.886 there. A student trained three epochs is near-certain on most of the
+        pool, which blunts the next round's ranking (movie snippets, seed 0: the lowest confidence in its top 40% is
+        0.998, after one epoch 0.938). The means at 8 labels per class did not move (movie snippets 0.682 +- 0.057
+        against 0.680; subjectivity 0.866 +- 0.022 against 0.865) and rose at 32 (movie snippets 0.719 +- 0.019 against
+        0.709), and every seed of both sets is now above supervised-only. The two go together: one-epoch students with a
+        fifth of the pool per round score lower on both sets and budgets (0.666, 0.859, 0.700) and fall below
+        supervised-only on subjectivity's seed 0. Refining the prototypes once then raised the 8-label means to 0.700 +-
+        0.037 (movie snippets, 53% of the gap to 4,000 labels) and 0.878 +- 0.007 (subjectivity). These were measured
+        with a sentence-embedding encoder (all-MiniLM-L6-v2); for an encoder not trained for sentence embeddings,
+        compare with `first_teacher="model"` on validation data.
 
         > Consistency
 

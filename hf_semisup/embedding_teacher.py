@@ -7,9 +7,9 @@ per class, the MiniLM fine-tuned in round 0 labels the pool at 0.58 accuracy, an
 texts of a class near each other: scoring each text by the cosine similarity of its mean-pooled embedding to each
 class's prototype (the mean embedding of the class's labeled examples, plus the embedding of a prompt naming the class,
 as SetFit's templated zero-shot examples do) labels a 4,000-row pool at 0.635 and its most confident fifth at 0.791
-(three seeds; `benchmarks/label_efficiency.py`, README). [`PrototypeClassifier`] is that teacher, shaped like a sequence
-classifier so that [`~hf_semisup.pseudo_labeling.predict_pool`] runs it like any other; [`PrototypeTeacherMixin`]
-is the trainer's side: it builds the prototypes, refines them and labels the pool.
+(three seeds; `benchmarks/label_efficiency.py`, `benchmarks/README.md`). [`PrototypeClassifier`] is that teacher,
+shaped like a sequence classifier so that [`~hf_semisup.pseudo_labeling.predict_pool`] runs it like any other;
+[`PrototypeTeacherMixin`] is the trainer's side: it builds the prototypes, refines them and labels the pool.
 """
 
 import logging
