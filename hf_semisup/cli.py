@@ -6,7 +6,6 @@ import logging
 import os
 import sys
 
-import numpy as np
 import yaml
 from transformers import (
     AutoConfig,
@@ -17,10 +16,11 @@ from transformers import (
 
 from .arguments import DataArguments, ModelArguments
 from .config import SemiSupervisedConfig
-from .data import has_default_label_names, label_names_of, prepare_dataset
+from .data import prepare_dataset
 from .loading import load_splits
+from .modeling import file_location_kwargs, head_label_kwargs, load_classifier
 from .report import CHART_NAME, plot_rounds, round_table, summary_metric
-from .trainer import SemiSupervisedTrainer, file_location_kwargs, load_classifier
+from .trainer import SemiSupervisedTrainer
 
 
 logger = logging.getLogger(__name__)
@@ -136,18 +136,7 @@ def load_model(model_args: ModelArguments, labeled, config: SemiSupervisedConfig
     init_kwargs = {k: v for k, v in (config.model_init_kwargs or {}).items() if k not in hub}
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or path, **hub)
-        labels = {}
-        if has_default_label_names(AutoConfig.from_pretrained(path, **hub)):
-            names = label_names_of(labeled, config.label_column)
-            values = labeled.unique(config.label_column)
-            if names is not None:
-                labels = {
-                    "num_labels": len(names),
-                    "id2label": dict(enumerate(names)),
-                    "label2id": {name: i for i, name in enumerate(names)},
-                }
-            elif all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
-                labels = {"num_labels": int(max(values)) + 1}  # otherwise the trainer reports the bad label
+        labels = head_label_kwargs(AutoConfig.from_pretrained(path, **hub), labeled, config.label_column)
         set_seed(config.seed)  # the new classification head must not depend on what ran before
         model = load_classifier(path, init_kwargs, **hub, **labels)
     except (OSError, ValueError) as error:

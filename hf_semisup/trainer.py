@@ -8,7 +8,6 @@ import numpy as np
 import torch
 from transformers import (
     AutoConfig,
-    AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
     PreTrainedModel,
@@ -27,7 +26,6 @@ from .consistency import CONSISTENCY_KEY, ConsistencyRegularizer
 from .data import (
     check_every_class_labeled,
     drop_labeled_duplicates,
-    has_default_label_names,
     label_names_of,
     prepare_dataset,
     prepare_stream,
@@ -37,6 +35,7 @@ from .embedding_teacher import PrototypeTeacherMixin
 from .guards import NonFiniteError, check_finite_model, collapse_alarm, gathered_loss
 from .metrics import accuracy, compute_classification_metrics
 from .model_card import write_model_card
+from .modeling import align_label_names, file_location_kwargs, head_label_kwargs, load_classifier
 from .pseudo_labeling import PseudoLabels, predict_pool, save_pseudo_labels
 from .rounds import HISTORY_NAME, RoundHistoryMixin, synchronize_record
 from .selection import select, selection_thresholds
@@ -47,26 +46,6 @@ logger = logging.getLogger(__name__)
 
 PSEUDO_LABELS_DIR = "pseudo_labels"
 HUB_IGNORE_PATTERNS = ["round-*", f"{PSEUDO_LABELS_DIR}/*"]
-# The `from_pretrained` arguments that say where the files are: they load the tokenizer and config as well as the model.
-FILE_LOCATION_KWARGS = ("revision", "subfolder", "trust_remote_code", "cache_dir", "token", "local_files_only")
-
-
-def file_location_kwargs(model_init_kwargs: dict | None) -> dict:
-    return {k: v for k, v in (model_init_kwargs or {}).items() if k in FILE_LOCATION_KWARGS}
-
-
-def load_classifier(name: str, model_init_kwargs: dict, **kwargs) -> PreTrainedModel:
-    """
-    `AutoModelForSequenceClassification.from_pretrained(name, **model_init_kwargs, **kwargs)`. A keyword the model
-    cannot take (a misspelt one reaches the model's `__init__`; a `dtype` torch does not have) is reported as a
-    `ValueError` naming `model_init_kwargs`.
-    """
-    try:
-        return AutoModelForSequenceClassification.from_pretrained(name, **model_init_kwargs, **kwargs)
-    except (TypeError, AttributeError) as error:
-        if not model_init_kwargs:
-            raise
-        raise ValueError(f"`model_init_kwargs`={model_init_kwargs!r} could not load {name!r}: {error}") from error
 
 
 class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, PrototypeTeacherMixin, Trainer):
@@ -194,10 +173,10 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Prot
         )
         if isinstance(model, str):
             set_seed(args.seed)  # the new classification head must not depend on the caller's RNG state
-            model = self._create_model(model, label_names, train_dataset, args)
+            model = self._create_model(model, train_dataset, args)
         if model is None:
             raise ValueError("`model` is required (a model, or a name or path to load).")
-        self._align_label_names(model.config, label_names)
+        align_label_names(model.config, label_names)
 
         # PEFT
         model = prepare_peft_model(model, peft_config)
@@ -320,33 +299,10 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Prot
         return DEFAULT_CONSISTENCY_WEIGHT if allowed else 0.0
 
     @staticmethod
-    def _create_model(name: str, label_names: list | None, train_dataset, args) -> PreTrainedModel:
+    def _create_model(name: str, train_dataset, args) -> PreTrainedModel:
         init_kwargs = dict(args.model_init_kwargs or {})
         config = AutoConfig.from_pretrained(name, **file_location_kwargs(init_kwargs))
-        kwargs = {}
-        if has_default_label_names(config):
-            if label_names is not None:
-                kwargs = {
-                    "num_labels": len(label_names),
-                    "id2label": dict(enumerate(label_names)),
-                    "label2id": {label: i for i, label in enumerate(label_names)},
-                }
-            elif args.label_column in train_dataset.column_names:
-                kwargs = {"num_labels": int(max(train_dataset.unique(args.label_column))) + 1}
-        return load_classifier(name, init_kwargs, **kwargs)
-
-    @staticmethod
-    def _align_label_names(config, label_names: list | None):
-        """Write the labeled set's class names into a config that has only placeholders, so a saved model keeps them."""
-        if label_names is None or not has_default_label_names(config):
-            return
-        if len(label_names) != config.num_labels:
-            raise ValueError(
-                f"The labeled set has {len(label_names)} classes {label_names}, but the model has "
-                f"`num_labels`={config.num_labels}."
-            )
-        config.id2label = dict(enumerate(label_names))
-        config.label2id = {label: i for i, label in enumerate(label_names)}
+        return load_classifier(name, init_kwargs, **head_label_kwargs(config, train_dataset, args.label_column))
 
     @staticmethod
     def _prepare_unlabeled(unlabeled_dataset, prepare, args):

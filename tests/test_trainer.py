@@ -316,3 +316,27 @@ def test_students_train_student_epochs(tmp_path, tokenizer):
     assert [r["num_train_examples"] for r in trainer.self_training_history] == [16, 416, 416]
     assert [r["train_steps"] for r in trainer.self_training_history] == [4, 52, 52]
     assert trainer.args.num_train_epochs == 2, "the students' epochs must not leak into the arguments"
+
+
+def test_head_label_kwargs_follow_the_labeled_set_for_placeholder_checkpoints():
+    from transformers import BertConfig
+
+    from hf_semisup.modeling import head_label_kwargs
+
+    placeholder, named = BertConfig(), BertConfig(id2label={0: "neg", 1: "pos"})
+    strings = Dataset.from_dict({"text": ["a", "b", "c"], "label": ["pos", "neg", "mid"]})
+    assert head_label_kwargs(placeholder, strings, "label") == {
+        "num_labels": 3,
+        "id2label": {0: "mid", 1: "neg", 2: "pos"},
+        "label2id": {"mid": 0, "neg": 1, "pos": 2},
+    }
+    class_label = strings.cast_column("label", ClassLabel(names=["pos", "neg", "mid"]))
+    assert head_label_kwargs(placeholder, class_label, "label")["id2label"] == {0: "pos", 1: "neg", 2: "mid"}
+    integers = Dataset.from_dict({"text": ["a", "b"], "label": [0, 4]})
+    assert head_label_kwargs(placeholder, integers, "label") == {"num_labels": 5}
+    # Left to the checkpoint: it names its classes, there is no label column, or the labels are neither (floats,
+    # booleans), which the trainer then reports naming the row.
+    assert head_label_kwargs(named, strings, "label") == {}
+    assert head_label_kwargs(placeholder, strings, "category") == {}
+    for values in ([0.5, 1.5], [True, False]):
+        assert head_label_kwargs(placeholder, Dataset.from_dict({"text": ["a", "b"], "label": values}), "label") == {}

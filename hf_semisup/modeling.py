@@ -1,0 +1,65 @@
+"""
+The classifier a run trains, from a name or path: a sequence classifier whose new head has one output per class of the
+labeled set, named after the classes. Shared by [`SemiSupervisedTrainer`] (a string `model`) and `hf-semisup train`.
+"""
+
+import numpy as np
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
+
+from .data import has_default_label_names, label_names_of
+
+
+# The `from_pretrained` arguments that say where the files are: they load the tokenizer and config as well as the model.
+FILE_LOCATION_KWARGS = ("revision", "subfolder", "trust_remote_code", "cache_dir", "token", "local_files_only")
+
+
+def file_location_kwargs(model_init_kwargs: dict | None) -> dict:
+    return {k: v for k, v in (model_init_kwargs or {}).items() if k in FILE_LOCATION_KWARGS}
+
+
+def head_label_kwargs(config, labeled, label_column: str) -> dict:
+    """
+    The `from_pretrained` label arguments for a checkpoint whose config has only placeholder class names (`LABEL_0`,
+    ...): the labeled set's class names, or, for integer labels, `num_labels` = the largest label + 1. Empty when the
+    checkpoint names its classes, or when the labels are neither (the trainer then reports the bad label).
+    """
+    if not has_default_label_names(config) or label_column not in labeled.column_names:
+        return {}
+    names = label_names_of(labeled, label_column)
+    if names is not None:
+        return {
+            "num_labels": len(names),
+            "id2label": dict(enumerate(names)),
+            "label2id": {name: i for i, name in enumerate(names)},
+        }
+    values = labeled.unique(label_column)
+    if values and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        return {"num_labels": int(max(values)) + 1}
+    return {}
+
+
+def load_classifier(name: str, model_init_kwargs: dict, **kwargs) -> PreTrainedModel:
+    """
+    `AutoModelForSequenceClassification.from_pretrained(name, **model_init_kwargs, **kwargs)`. A keyword the model
+    cannot take (a misspelt one reaches the model's `__init__`; a `dtype` torch does not have) is reported as a
+    `ValueError` naming `model_init_kwargs`.
+    """
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(name, **model_init_kwargs, **kwargs)
+    except (TypeError, AttributeError) as error:
+        if not model_init_kwargs:
+            raise
+        raise ValueError(f"`model_init_kwargs`={model_init_kwargs!r} could not load {name!r}: {error}") from error
+
+
+def align_label_names(config, label_names: list | None):
+    """Write the labeled set's class names into a config that has only placeholders, so a saved model keeps them."""
+    if label_names is None or not has_default_label_names(config):
+        return
+    if len(label_names) != config.num_labels:
+        raise ValueError(
+            f"The labeled set has {len(label_names)} classes {label_names}, but the model has "
+            f"`num_labels`={config.num_labels}."
+        )
+    config.id2label = dict(enumerate(label_names))
+    config.label2id = {label: i for i, label in enumerate(label_names)}
