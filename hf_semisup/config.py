@@ -91,7 +91,8 @@ class SemiSupervisedConfig(TrainingArguments):
         class_balance (`bool`, *optional*, defaults to `True`):
             Keep the accepted pseudo-labels' class proportions at the labeled set's class prior: the most confident
             predictions of each class are kept up to that class's quota, so no round floods the training set with
-            the majority class.
+            the majority class. When the teacher predicts a class too rarely to fill its quota, every quota shrinks
+            with it; a teacher that predicts one class only gets nothing accepted that round.
         max_pseudo_labels (`int` or `None`, *optional*, defaults to `None`):
             Largest number of pseudo-labels accepted per round (the most confident ones). `None` means no cap.
         selection_strategy (`str`, *optional*, defaults to `"topk"`):
@@ -190,8 +191,8 @@ class SemiSupervisedConfig(TrainingArguments):
         collapse_alarm_margin (`float` or `None`, *optional*, defaults to `0.3`):
             Warn, and mark the round `collapse_alarm: true` in the history, when a class's share of the round's
             accepted pseudo-labels exceeds its share of the labeled set by more than this (with a 50/50 labeled set and
-            `0.3`: more than 80% of one class). It cannot fire with `class_balance=True`, which keeps the labeled
-            shares. `None` disables the alarm. Must be in (0, 1).
+            `0.3`: more than 80% of one class). With `class_balance=True`, which keeps the labeled shares, it fires
+            only on rounding (a handful of accepted rows). `None` disables the alarm. Must be in (0, 1).
         rollback_on_worse_eval (`bool`, *optional*, defaults to `False`):
             After each round, compare the eval metric (`metric_for_best_model`, by default the eval loss) with the
             previous round's: if it got worse, go back to the previous round's model and stop. Needs an

@@ -167,9 +167,11 @@ def select_top_k(
 
     The round keeps `total = round(fraction * round_ * pool size)` rows, at most the pool and `max_pseudo_labels`, so
     the share grows each round (a curriculum). With a `class_prior`, class `c` keeps its `quota_c` most confident rows,
-    `quota_c = total * prior[c]` rounded so that the quotas add up to `total` (largest remainders first); a class with
-    fewer predicted rows than its quota keeps all of them, and the others do not make up for it. Without it, the
-    `total` most confident rows are kept.
+    `quota_c = total * prior[c]` rounded so that the quotas add up to `total` (largest remainders first). When the
+    teacher predicts a class too rarely to fill its quota, `total` shrinks to the largest one every class can fill, as
+    with the thresholds: the kept set always has the labeled class proportions, and a class never predicted means
+    nothing is kept (a teacher that has collapsed onto one class does not feed it to its student). Without a
+    `class_prior`, the `total` most confident rows are kept.
     """
     labels, confidences = np.asarray(labels), np.asarray(confidences)
     total = min(int(np.floor(fraction * round_ * len(labels) + 0.5)), len(labels))
@@ -178,7 +180,11 @@ def select_top_k(
     ranked = _most_confident_first(np.arange(len(labels)), confidences)
     if class_prior is None:
         return ranked[:total]
-    return _keep_per_class(ranked, labels, confidences, apportion(total, _normalized(class_prior)))
+    class_prior = _normalized(class_prior)
+    counts = np.bincount(labels, minlength=len(class_prior))
+    present = class_prior > 0
+    total = min(total, int(np.floor(np.min(counts[present] / class_prior[present]) + 1e-9)))
+    return _keep_per_class(ranked, labels, confidences, apportion(total, class_prior))
 
 
 def apportion(total: int, shares: np.ndarray) -> np.ndarray:

@@ -560,8 +560,12 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Prot
             logger.warning(
                 f"Round {record['round']}: pseudo-label collapse alarm: {share:.0%} of the {sum(class_counts)} accepted "
                 f"pseudo-labels are {name!r}, whose labeled share is {self.class_prior[class_id]:.0%} (more than "
-                f"`collapse_alarm_margin`={self.args.collapse_alarm_margin} above it). Consider `class_balance=True` "
-                "or a higher `confidence_threshold`."
+                f"`collapse_alarm_margin`={self.args.collapse_alarm_margin} above it)."
+                + (
+                    ""
+                    if self.args.class_balance
+                    else " Consider `class_balance=True`, which keeps the labeled shares."
+                )
             )
 
     # ---- Round loop ---------------------------------------------------------------------------------------------------

@@ -112,14 +112,20 @@ def test_collapse_alarm_fires_when_one_class_takes_the_pseudo_labels(tmp_path, t
     assert history[1]["collapse_alarm_class"] == "positive" and history[1]["collapse_alarm_share"] == 1.0
     assert history[1]["pseudo_label_class_counts"] == {"negative": 0, "positive": 30}
     assert "collapse alarm" in caplog.text and "'positive'" in caplog.text
+    assert "Consider `class_balance=True`" in caplog.text
     logged = [log for log in trainer.state.log_history if "pseudo_label_collapse_alarm" in log]
     assert logged[-1]["pseudo_label_collapse_alarm"] == 1.0
 
     # Class-balanced selection keeps the labeled shares, so the same teacher cannot set it off.
+    # Nothing is accepted, with a threshold or top-k: the teacher never predicts 'negative', so no pseudo-label set has
+    # the labeled shares.
     trainer.args.class_balance = True
-    record = {"round": 1}
-    trainer._pseudo_labeled_train_set(record)
-    assert record["collapse_alarm"] is False
+    for strategy in ("threshold", "topk"):
+        trainer.args.selection_strategy = strategy
+        record = {"round": 1}
+        trainer._pseudo_labeled_train_set(record)
+        assert record["collapse_alarm"] is False
+        assert record["num_pseudo_labels"] == 0
 
 
 def test_collapse_alarm_rule():

@@ -107,10 +107,22 @@ def test_topk_caps_and_short_classes():
     confidences = rng.uniform(0.5, 1.0, 200)
     prior = np.array([0.5, 0.5])
     assert len(select_top_k(labels, confidences, 0.2, 1, class_prior=prior, max_pseudo_labels=10)) == 10
-    # Round 4 of 0.3 asks for 120% of the pool: capped at the pool; class 1 has fewer rows than its quota of 100 and
-    # keeps all of them, and class 0 does not make up for it.
+    # Round 4 of 0.3 asks for 120% of the pool: capped at the pool (quotas 100 and 100). Class 1 has fewer rows than its
+    # quota: both quotas shrink to what it has, so the kept set stays at the labeled 50/50.
+    short = int((labels == 1).sum())
+    assert short < 100
     kept = select_top_k(labels, confidences, 0.3, 4, class_prior=prior)
-    assert np.bincount(labels[kept], minlength=2).tolist() == [100, int((labels == 1).sum())]
+    assert np.bincount(labels[kept], minlength=2).tolist() == [short, short]
+    for c in range(2):  # still each class's most confident rows
+        np.testing.assert_array_equal(
+            np.sort(confidences[kept][labels[kept] == c]), np.sort(confidences[labels == c])[::-1][:short][::-1]
+        )
+    # A 3-class prior: the quotas keep its proportions when the rarest class sets the total.
+    labels3 = np.array([0] * 50 + [1] * 50 + [2] * 3)
+    kept = select_top_k(labels3, rng.uniform(0.4, 1.0, 103), 1.0, 1, class_prior=np.array([0.4, 0.4, 0.2]))
+    assert np.bincount(labels3[kept], minlength=3).tolist() == [6, 6, 3]
+    # A teacher that predicts one class only: nothing is kept, rather than a one-class training set.
+    assert len(select_top_k(np.zeros(50, dtype=np.int64), confidences[:50], 0.4, 1, class_prior=prior)) == 0
     # Without class balance: the most confident rows overall.
     kept = select_top_k(labels, confidences, 0.25, 1)
     np.testing.assert_array_equal(kept, np.argsort(-confidences, kind="stable")[:50])
