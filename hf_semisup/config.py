@@ -1,7 +1,10 @@
 import json
+import logging
 import math
+import os
 from dataclasses import dataclass, field
 
+import torch
 from transformers import TrainingArguments
 
 from .embedding_teacher import FIRST_TEACHERS
@@ -11,6 +14,8 @@ from .selection import SELECTION_STRATEGIES
 STUDENT_INITS = ("continue", "reset")
 TOKEN_DROPOUT_MODES = ("mask", "delete")
 CONSISTENCY_LOSSES = ("kl", "mse")
+logger = logging.getLogger(__name__)
+
 # Lambda of the consistency loss when `consistency_weight` is unset and the pool allows it (see the docstring).
 DEFAULT_CONSISTENCY_WEIGHT = 1.0
 # `from_pretrained` arguments the trainer derives from the labeled set.
@@ -440,6 +445,11 @@ class SemiSupervisedConfig(TrainingArguments):
                 raise ValueError(
                     f"`model_init_kwargs` is not valid JSON ({error}), got {self.model_init_kwargs!r}."
                 ) from None
+        if not self.use_cpu and launched_on_several_processes() and not has_accelerator():
+            # `accelerate launch --num_processes N` on a machine without GPUs: `TrainingArguments` trains the processes
+            # together (gloo) only with `use_cpu=True`; without it, each process would run the whole training alone.
+            logger.info("Several processes and no GPU: setting `use_cpu=True` so that they train together on the CPU.")
+            self.use_cpu = True
         super().__post_init__()
         if not isinstance(self.self_training_rounds, int) or self.self_training_rounds < 0:
             raise ValueError(f"`self_training_rounds` must be an integer >= 0, got {self.self_training_rounds!r}.")
@@ -571,6 +581,22 @@ class SemiSupervisedConfig(TrainingArguments):
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def launched_on_several_processes() -> bool:
+    """True under `accelerate launch` / `torchrun` with more than one process (they set `WORLD_SIZE`)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+
+
+def has_accelerator() -> bool:
+    """Whether torch sees a GPU or another accelerator (CUDA, XPU, MPS, ...)."""
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    if accelerator is not None:
+        return accelerator.is_available()
+    return torch.cuda.is_available()
 
 
 def _none_or_float(value: str) -> float | str | None:

@@ -127,3 +127,14 @@ def test_two_process_self_training_and_consistency_run(tmp_path):
         names = ["negative", "positive"]
         correct = [names[table["label"][i]] == pool_gold[i] for i in range(len(pool_gold)) if table["selected"][i]]
         assert np.mean(correct) == pytest.approx(record["pseudo_label_accuracy"])
+
+
+def test_a_launch_without_gpus_trains_the_processes_together(tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` on a CPU-only machine: without `use_cpu`, `TrainingArguments`
+    would see one process each and every process would run the whole training alone."""
+    from hf_semisup.config import has_accelerator
+
+    accelerate_launch("config", tmp_path)
+    for rank in load_ranks(tmp_path):
+        assert rank["parallel_mode"] == "distributed" and rank["args_world_size"] == 2
+        assert rank["use_cpu"] is (not has_accelerator())

@@ -142,6 +142,14 @@ def train(out_dir) -> dict:
     }
 
 
+def config(out_dir):
+    """What a config built as a user would (no `use_cpu`) says about the launch."""
+    from hf_semisup import SemiSupervisedConfig
+
+    args = SemiSupervisedConfig(output_dir=os.path.join(out_dir, "output"), report_to="none")
+    return {"use_cpu": args.use_cpu, "parallel_mode": args.parallel_mode.value, "args_world_size": args.world_size}
+
+
 def run(mode, out_dir):
     """Run `mode` in this process and dump its result; under `debug_launcher`, forget the parent's Accelerate state."""
     import torch
@@ -154,7 +162,7 @@ def run(mode, out_dir):
         AcceleratorState._reset_state(reset_partial_state=True)
         os.environ["OMP_NUM_THREADS"] = "1"  # or Accelerate raises it again
         torch.set_num_threads(1)
-    result = {"label": label, "train": train}[mode](out_dir)
+    result = {"label": label, "train": train, "config": config}[mode](out_dir)
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     result["world_size"] = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     with open(os.path.join(out_dir, f"rank-{rank}.json"), "w") as f:
