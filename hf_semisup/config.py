@@ -11,11 +11,11 @@ from .embedding_teacher import FIRST_TEACHERS
 from .selection import SELECTION_STRATEGIES
 
 
+logger = logging.getLogger(__name__)
+
 STUDENT_INITS = ("continue", "reset")
 TOKEN_DROPOUT_MODES = ("mask", "delete")
 CONSISTENCY_LOSSES = ("kl", "mse")
-logger = logging.getLogger(__name__)
-
 # Lambda of the consistency loss when `consistency_weight` is unset and the pool allows it (see the docstring).
 DEFAULT_CONSISTENCY_WEIGHT = 1.0
 # `from_pretrained` arguments the trainer derives from the labeled set.
