@@ -18,7 +18,7 @@ from .arguments import DataArguments, ModelArguments
 from .config import SemiSupervisedConfig
 from .data import prepare_dataset
 from .loading import load_splits
-from .modeling import file_location_kwargs, head_label_kwargs, load_classifier
+from .modeling import check_local_path, file_location_kwargs, head_label_kwargs, load_classifier
 from .report import CHART_NAME, plot_rounds, round_table, summary_metric
 from .trainer import SemiSupervisedTrainer
 
@@ -124,6 +124,14 @@ def _first_line(error: Exception) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+def _from_pretrained(load, path: str, flag: str, **kwargs):
+    check_local_path(path, f"`--{flag}`")
+    try:
+        return load(path, **kwargs)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"`--{flag}` {path!r} could not be loaded: {_first_line(error)}") from error
+
+
 def load_model(model_args: ModelArguments, labeled, config: SemiSupervisedConfig):
     """The tokenizer and classifier; a new head gets one output per class of `labeled`, named after the classes."""
     path = model_args.model_name_or_path
@@ -134,10 +142,12 @@ def load_model(model_args: ModelArguments, labeled, config: SemiSupervisedConfig
     }
     hub.update(file_location_kwargs(config.model_init_kwargs))  # the config's own say wins, for all three files
     init_kwargs = {k: v for k, v in (config.model_init_kwargs or {}).items() if k not in hub}
+    checkpoint = _from_pretrained(AutoConfig.from_pretrained, path, "model_name_or_path", **hub)
+    tokenizer_flag = "tokenizer_name" if model_args.tokenizer_name else "model_name_or_path"
+    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, model_args.tokenizer_name or path, tokenizer_flag, **hub)
+    labels = head_label_kwargs(checkpoint, labeled, config.label_column)
+    set_seed(config.seed)  # the new classification head must not depend on what ran before
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or path, **hub)
-        labels = head_label_kwargs(AutoConfig.from_pretrained(path, **hub), labeled, config.label_column)
-        set_seed(config.seed)  # the new classification head must not depend on what ran before
         model = load_classifier(path, init_kwargs, **hub, **labels)
     except (OSError, ValueError) as error:
         if init_kwargs and isinstance(error.__cause__, (TypeError, AttributeError)):  # from `load_classifier`
@@ -145,12 +155,9 @@ def load_model(model_args: ModelArguments, labeled, config: SemiSupervisedConfig
                 f"`--model_init_kwargs` {config.model_init_kwargs!r} could not load {path!r}: "
                 f"{_first_line(error.__cause__)}"
             ) from error
-        flag = (
-            "tokenizer_name"
-            if model_args.tokenizer_name and "tokenizer" in str(error).lower()
-            else "model_name_or_path"
-        )
-        raise ValueError(f"`--{flag}` {path!r} could not be loaded: {_first_line(error)}") from error
+        if isinstance(error.__cause__, RuntimeError):  # a trained head of another size: its message says what to do
+            raise
+        raise ValueError(f"`--model_name_or_path` {path!r} could not be loaded: {_first_line(error)}") from error
     return tokenizer, model
 
 

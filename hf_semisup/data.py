@@ -25,15 +25,50 @@ def has_default_label_names(config) -> bool:
     return all(str(name) == f"LABEL_{i}" for i, name in id2label.items())
 
 
+# How a row without a label is marked: `None` (a NaN in a csv's numeric column), or -1 as on GLUE's test split and
+# IMDb's unsupervised split.
+MISSING_LABELS = (None, -1)
+
+
+def is_missing_label(value) -> bool:
+    return value in MISSING_LABELS or (isinstance(value, float) and np.isnan(value))
+
+
 def label_names_of(dataset, label_column: str) -> list | None:
-    """The class names of a labeled dataset: `ClassLabel` names, or its sorted distinct strings; `None` for ints."""
+    """
+    The class names of a labeled dataset: `ClassLabel` names, or its sorted distinct strings (rows without a label
+    aside); `None` for ints. A column that mixes class names and integers is a `ValueError`.
+    """
     feature = dataset.features.get(label_column) if dataset.features else None
     if isinstance(feature, datasets.ClassLabel):
         return list(feature.names)
-    values = dataset.unique(label_column)
-    if values and all(isinstance(v, str) for v in values):
-        return sorted(values)
-    return None
+    try:
+        values = dataset.unique(label_column)
+    except (TypeError, ValueError, NotImplementedError):  # e.g. a json column of mixed types, which Arrow cannot sort
+        values = list(dict.fromkeys(dataset[label_column]))
+    values = [v for v in values if not is_missing_label(v)]
+    names = [v for v in values if isinstance(v, str)]
+    if names and len(names) < len(values):
+        other = next(v for v in values if not isinstance(v, str))
+        raise ValueError(
+            f"The label column {label_column!r} mixes class names and other values (e.g. {names[0]!r} and "
+            f"{other!r}): use class names throughout, or integer class ids throughout."
+        )
+    return sorted(names) if names else None
+
+
+def check_dataset_types(**named):
+    """Raise a `TypeError` naming the argument when a dataset is not a `datasets.Dataset` (a dict: of them)."""
+    streams = {"unlabeled_dataset"}  # the pool may be streamed
+    for field, value in named.items():
+        values = value.values() if field == "eval_dataset" and isinstance(value, dict) else [value]
+        allowed = (datasets.Dataset, datasets.IterableDataset) if field in streams else datasets.Dataset
+        for item in values:
+            if item is not None and not isinstance(item, allowed):
+                raise TypeError(
+                    f"`{field}` must be a `datasets.Dataset`, got {type(item).__name__}: build one with "
+                    "`Dataset.from_dict({...})`, `Dataset.from_list([...])` or `Dataset.from_pandas(df)`."
+                )
 
 
 def check_column(dataset, column: str, name: str, field: str):
@@ -116,7 +151,16 @@ def check_every_class_labeled(label_ids, id2label: dict, name: str):
 
 
 def encode_labels(values, label2id: dict, num_labels: int, name: str, label_column: str) -> list[int]:
-    """Map class names through `label2id` and check that every label is one of the model's classes."""
+    """Map class names through `label2id` and check that every row has a label, one of the model's classes."""
+    values = list(values)
+    missing = [i for i, value in enumerate(values) if is_missing_label(value)]
+    if missing:
+        shown = ", ".join(str(i) for i in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        rows = f"row {shown}" if len(missing) == 1 else f"{len(missing)} rows ({shown})"
+        raise ValueError(
+            f"The {name}'s label column {label_column!r} has no label (empty, None or -1) in {rows}: give every row a "
+            "label, or drop the rows without one."
+        )
     ids = []
     for i, value in enumerate(values):
         if isinstance(value, str):
@@ -133,6 +177,26 @@ def encode_labels(values, label2id: dict, num_labels: int, name: str, label_colu
             )
         ids.append(int(value))
     return ids
+
+
+def _require_tokenizer(tokenizer, name: str, text_column: str):
+    if tokenizer is None:
+        raise ValueError(
+            f"The {name} holds raw text (column {text_column!r}) but there is no tokenizer to encode it: pass "
+            "`processing_class` (e.g. `AutoTokenizer.from_pretrained(...)`), or datasets with `input_ids`."
+        )
+
+
+def _hidden_label_ids(values, label2id: dict, num_labels: int, name: str, label_column: str) -> list[int] | None:
+    # A pool's labels are never trained on: ones that do not fit the model only cost the accuracy diagnostic.
+    values = list(values)
+    if all(is_missing_label(value) for value in values):
+        return None
+    try:
+        return encode_labels(values, label2id, num_labels, name, label_column)
+    except ValueError as error:
+        logger.warning(f"{error} These labels are only used to score the pseudo-labels: no `pseudo_label_accuracy`.")
+        return None
 
 
 def prepare_dataset(
@@ -173,6 +237,7 @@ def prepare_dataset(
     if not tokenized:
         check_column(dataset, text_column, name, "text_column")
         check_texts(dataset, text_column, name)
+        _require_tokenizer(tokenizer, name, text_column)
 
     source_label = label_column if label_column in dataset.column_names else None
     if source_label is None and "labels" in dataset.column_names:
@@ -186,7 +251,10 @@ def prepare_dataset(
         feature = dataset.features.get(source_label)
         if isinstance(feature, datasets.ClassLabel) and label2id is not None:
             values = [feature.int2str(v) if feature.names[v] in label2id else v for v in values]
-        label_ids = encode_labels(values, label2id or {}, num_labels, name, source_label)
+        if labels == "hide":
+            label_ids = _hidden_label_ids(values, label2id or {}, num_labels, name, source_label)
+        else:
+            label_ids = encode_labels(values, label2id or {}, num_labels, name, source_label)
 
     gold = None
     if labels == "hide" and label_ids is not None:
@@ -234,6 +302,7 @@ def prepare_stream(
         return dataset.select_columns([c for c in column_names if c in MODEL_INPUT_COLUMNS])
     if column_names is not None:
         check_column(dataset, text_column, name, "text_column")
+        _require_tokenizer(tokenizer, name, text_column)
     if max_length is None:
         max_length = min(tokenizer.model_max_length, 1_000_000)
 

@@ -9,6 +9,8 @@ import os
 import datasets
 import numpy as np
 
+from .data import is_missing_label
+
 
 logger = logging.getLogger(__name__)
 
@@ -20,13 +22,6 @@ FILE_FLAGS = {
     "validation": "validation_file",
     "test": "test_file",
 }
-UNLABELED_MARKERS = (None, -1)  # how Hub datasets mark a row without a label (e.g. GLUE test, IMDb unsupervised)
-
-
-def _is_unlabeled(value) -> bool:
-    # NaN is how a csv with an empty cell in an int column comes back.
-    return value in UNLABELED_MARKERS or (isinstance(value, float) and np.isnan(value))
-
 
 def read_data_file(path: str, flag: str, cache_dir: str | None = None) -> datasets.Dataset:
     """Read a csv, tsv, json, jsonl or parquet file into a [`~datasets.Dataset`]; `flag` names it in errors."""
@@ -130,12 +125,12 @@ def load_splits(data_args, text_column: str, label_column: str, cache_dir: str |
         if len(dataset) == 0:
             raise ValueError(f"The {split} set ({sources[split]}) is empty.")
     for split in ("validation", "test"):
-        if split in splits and all(_is_unlabeled(v) for v in splits[split][label_column]):
+        if split in splits and all(is_missing_label(v) for v in splits[split][label_column]):
             logger.warning(f"The {split} set ({sources[split]}) has no labels (-1 or empty): it is not evaluated.")
             del splits[split]
     unlabeled = splits.get("unlabeled")
     if unlabeled is not None and label_column in unlabeled.column_names:
-        if any(_is_unlabeled(v) for v in unlabeled[label_column]):
+        if any(is_missing_label(v) for v in unlabeled[label_column]):
             splits["unlabeled"] = unlabeled = unlabeled.remove_columns(label_column)
 
     if data_args.num_labeled_per_class is not None:
@@ -163,7 +158,7 @@ def sample_labeled_per_class(dataset, num_per_class: int, label_column: str, see
     values = dataset[label_column]
     rng = np.random.default_rng(seed)
     chosen = []
-    for label in sorted(set(values), key=str):
+    for label in sorted({v for v in values if not is_missing_label(v)}, key=str):
         rows = np.flatnonzero(np.asarray([v == label for v in values]))
         if len(rows) < num_per_class:
             raise ValueError(

@@ -24,6 +24,7 @@ from .compat import upload_ignoring
 from .config import DEFAULT_CONSISTENCY_WEIGHT, SemiSupervisedConfig
 from .consistency import CONSISTENCY_KEY, ConsistencyRegularizer
 from .data import (
+    check_dataset_types,
     check_every_class_labeled,
     drop_labeled_duplicates,
     label_names_of,
@@ -35,7 +36,7 @@ from .embedding_teacher import PrototypeTeacherMixin
 from .guards import NonFiniteError, check_finite_model, collapse_alarm, gathered_loss
 from .metrics import accuracy, compute_classification_metrics
 from .model_card import write_model_card
-from .modeling import align_label_names, file_location_kwargs, head_label_kwargs, load_classifier
+from .modeling import align_label_names, check_local_path, file_location_kwargs, head_label_kwargs, load_classifier
 from .pseudo_labeling import PseudoLabels, predict_pool, save_pseudo_labels
 from .rounds import HISTORY_NAME, RoundHistoryMixin, synchronize_record
 from .selection import select, selection_thresholds
@@ -129,6 +130,7 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Prot
         args = self._resolve_args(args, model)
         if train_dataset is None:
             raise ValueError("`train_dataset` (the labeled set) is required.")
+        check_dataset_types(train_dataset=train_dataset, eval_dataset=eval_dataset, unlabeled_dataset=unlabeled_dataset)
         # Unset, the trainer chooses once the model and tokenizer are loaded (below), and writes its choice back; a
         # config reused for another trainer chooses again. Only a value the user set is checked here.
         consistency_chosen = args.consistency_weight is None or getattr(args, "_consistency_weight_chosen", False)
@@ -162,6 +164,8 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Prot
             )
 
         # Processing class
+        if isinstance(model, str):
+            check_local_path(model, "`model`")
         if processing_class is None and isinstance(model, str):
             processing_class = AutoTokenizer.from_pretrained(model, **file_location_kwargs(args.model_init_kwargs))
 

@@ -136,3 +136,53 @@ def test_model_classes_without_a_labeled_example(tmp_path, tokenizer):
             model, tiny_config(tmp_path, self_training_rounds=0), train_dataset=toy_dataset(8),
             processing_class=tokenizer,
         )  # fmt: skip
+
+
+def test_raw_text_without_a_tokenizer(tmp_path):
+    with pytest.raises(ValueError, match=r"labeled set \(`train_dataset`\) holds raw text .*'text'.*`processing_class`"):
+        SemiSupervisedTrainer(make_model(), tiny_config(tmp_path, self_training_rounds=0), train_dataset=toy_dataset(8))
+
+
+def test_datasets_of_another_type_are_named(tmp_path, tokenizer):
+    rows = [{"text": "good film", "label": 1}, {"text": "bad film", "label": 0}]
+    with pytest.raises(TypeError, match=r"`train_dataset` must be a `datasets.Dataset`, got list.*from_list"):
+        build(tmp_path, tokenizer, train_dataset=rows)
+    with pytest.raises(TypeError, match=r"`eval_dataset` must be a `datasets.Dataset`, got dict"):
+        build(tmp_path, tokenizer, eval_dataset={"dev": {"text": ["good"], "label": [1]}})
+    with pytest.raises(TypeError, match=r"`unlabeled_dataset` must be a `datasets.Dataset`, got list"):
+        build(tmp_path, tokenizer, unlabeled_dataset=["good film"])
+
+
+def test_pool_labels_that_do_not_fit_only_cost_the_accuracy_diagnostic(tmp_path, tokenizer, caplog):
+    pool = toy_dataset(8, seed=1)
+    labeled_pool = build(tmp_path, tokenizer, unlabeled_dataset=pool)
+    assert list(labeled_pool.unlabeled_gold_labels) == [["negative", "positive"].index(y) for y in pool["label"]]
+
+    odd = pool.map(lambda row, i: {"label": "neutral" if i == 5 else row["label"]}, with_indices=True)
+    with caplog.at_level(logging.WARNING, logger="hf_semisup"):
+        trainer = build(tmp_path, tokenizer, unlabeled_dataset=odd)
+    assert trainer.unlabeled_gold_labels is None and len(trainer.unlabeled_dataset) == 8
+    assert "'neutral' at row 5" in caplog.text and "pseudo_label_accuracy" in caplog.text
+
+    caplog.clear()
+    unknown = pool.map(lambda row: {"label": -1})
+    with caplog.at_level(logging.WARNING, logger="hf_semisup"):
+        trainer = build(tmp_path, tokenizer, unlabeled_dataset=unknown)
+    assert trainer.unlabeled_gold_labels is None and caplog.text == ""
+
+
+def test_class_names_that_differ_only_in_case_or_spaces_are_flagged(caplog):
+    from transformers import BertConfig
+
+    from hf_semisup.modeling import head_label_kwargs
+
+    labeled = Dataset.from_dict({"text": ["a", "b", "c", "d"], "label": ["negative", "positive", "positive ", "Negative"]})
+    with caplog.at_level(logging.WARNING, logger="hf_semisup"):
+        kwargs = head_label_kwargs(BertConfig(), labeled, "label")
+    assert kwargs["num_labels"] == 4  # each is still a class of its own
+    assert "'Negative', 'negative'" in caplog.text and "'positive', 'positive '" in caplog.text
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_semisup"):
+        head_label_kwargs(BertConfig(), labeled.select([0, 1]), "label")
+    assert caplog.text == ""

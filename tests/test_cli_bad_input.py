@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import make_model, make_tokenizer, toy_rows
+from conftest import make_model, make_tokenizer, tiny_config, toy_rows
 
 from hf_semisup.cli import main
 
@@ -128,3 +128,77 @@ def test_usage_errors_are_one_line(capsys):
         main(["tain"])
     assert exit_.value.code == 2
     assert "tain" in capsys.readouterr().err
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path):
+    """A saved 2-class classifier with placeholder class names (`LABEL_0`, `LABEL_1`) and its tokenizer."""
+    path = str(tmp_path / "tiny")
+    make_model().save_pretrained(path)
+    make_tokenizer(str(tmp_path)).save_pretrained(path)
+    return path
+
+
+def write_labeled(path, labels, suffix=".csv"):
+    """A labeled file with one toy text per label in `labels` (`None` leaves the label empty)."""
+    texts = toy_rows(len(labels), seed=3)["text"]
+    if suffix == ".jsonl":
+        path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(texts, labels)))
+    else:
+        path.write_text("text,label\n" + "".join(f"{t},{'' if y is None else y}\n" for t, y in zip(texts, labels)))
+    return str(path)
+
+
+def test_labels_that_cannot_train_a_classifier(capsys, tmp_path, tiny_model_dir):
+    base = ["--model_name_or_path", tiny_model_dir, "--self_training_rounds", "0", "--train_file"]
+    one_class = write_labeled(tmp_path / "one.csv", ["positive"] * 6)
+    fails(capsys, [*base, one_class], "one class ('positive')", "at least 2 classes")
+
+    # A row without a label is named as such, not blamed on a valid row (names: the class list skips it; ints: the
+    # column reads as floats).
+    names = ["negative", "positive", "negative", None, "positive", "negative"]
+    fails(capsys, [*base, write_labeled(tmp_path / "names.csv", names)], "no label (empty, None or -1) in row 3:", "'label'")
+    ints = [0, 1, 0, 1, None, 1]
+    fails(capsys, [*base, write_labeled(tmp_path / "ints.csv", ints)], "no label (empty, None or -1) in row 4:", "'label'")
+
+    mixed = write_labeled(tmp_path / "mixed.jsonl", ["negative", 1, "negative", "positive"], suffix=".jsonl")
+    fails(capsys, [*base, mixed], "'label' mixes class names and other values", "'negative'", "1")
+
+
+def test_checkpoint_head_of_another_size(capsys, tmp_path, tiny_model_dir):
+    three = write_labeled(tmp_path / "three.csv", ["negative", "neutral", "positive"] * 2)
+    argv = ["--model_name_or_path", tiny_model_dir, "--train_file", three, "--self_training_rounds", "0"]
+    fails(capsys, argv, repr(tiny_model_dir), "3 classes", "ignore_mismatched_sizes")
+
+    from hf_semisup.arguments import ModelArguments
+    from hf_semisup.cli import load_model
+    from hf_semisup.loading import read_data_file
+
+    config = tiny_config(tmp_path, model_init_kwargs={"ignore_mismatched_sizes": True})
+    _, model = load_model(ModelArguments(model_name_or_path=tiny_model_dir), read_data_file(three, "train_file"), config)
+    assert model.config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
+    assert model.classifier.out_features == 3
+
+
+def test_local_paths_are_named_with_their_flag(capsys, tmp_path, tiny_model_dir, train_file):
+    base = ["--train_file", train_file, "--num_labeled_per_class", "2"]
+    missing = str(tmp_path / "no-model")
+    fails(capsys, [*base, "--model_name_or_path", missing], "--model_name_or_path", missing, "does not exist")
+    fails(capsys, [*base, "--model_name_or_path", "./no-model"], "--model_name_or_path", "'./no-model'", "not exist")
+
+    no_tokenizer = str(tmp_path / "no-tokenizer")
+    argv = [*base, "--model_name_or_path", tiny_model_dir, "--tokenizer_name", no_tokenizer]
+    fails(capsys, argv, "--tokenizer_name", no_tokenizer, "does not exist")
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fails(capsys, [*base, "--model_name_or_path", str(empty)], "--model_name_or_path", str(empty), "could not be")
+
+
+def test_output_dir_that_is_a_file(capsys, tmp_path, train_file):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    code = main(["train", "--model_name_or_path", "m", "--train_file", train_file, "--output_dir", str(a_file)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "`output_dir`" in err and str(a_file) in err and "is a file" in err
