@@ -1,6 +1,7 @@
 """The `hf-semisup` command line: `train` on any data and model, and `demo`, the offline quickstart."""
 
 import argparse
+import dataclasses
 import difflib
 import logging
 import os
@@ -11,6 +12,7 @@ from transformers import (
     AutoConfig,
     AutoTokenizer,
     HfArgumentParser,
+    TrainingArguments,
     set_seed,
 )
 
@@ -60,7 +62,27 @@ def make_train_parser(prog: str = f"{PROG} train", description: str = COMMANDS["
     parser.add_argument(
         "--config", default=None, help="A YAML file of option values; options on the command line win over it."
     )
+    _arrange_help(parser)
     return parser
+
+
+def _arrange_help(parser: ArgumentParser):
+    # `HfArgumentParser` lists a dataclass's fields in one group, so the semi-supervised options would come after some
+    # 120 `TrainingArguments` ones. Headings, in order: --help/--config/--output_dir, data, model, semi-supervised, the
+    # rest of `TrainingArguments`. Only the help changes: parsing reads the actions, not the groups.
+    ours = {f.name for f in dataclasses.fields(SemiSupervisedConfig)} - {
+        f.name for f in dataclasses.fields(TrainingArguments)
+    }
+    first = parser._optionals
+    semi = parser.add_argument_group("semi-supervised options (SemiSupervisedConfig)")
+    rest = parser.add_argument_group("training options (transformers.TrainingArguments)")
+    for action in list(first._group_actions):
+        if action.dest in ("help", "config", "output_dir"):
+            continue
+        first._group_actions.remove(action)
+        (semi if action.dest in ours else rest)._group_actions.append(action)
+    others = [group for group in parser._action_groups if group not in (semi, rest)]
+    parser._action_groups = [*others, semi, rest]
 
 
 def read_config_file(path: str, parser: ArgumentParser) -> dict:

@@ -16,7 +16,7 @@ import torch
 import yaml
 from conftest import make_model, make_tokenizer, toy_rows
 from datasets import Dataset
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
 
 from hf_semisup import SemiSupervisedConfig
 from hf_semisup.arguments import DataArguments, ModelArguments
@@ -334,7 +334,8 @@ def test_help_documents_every_option(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--help"])
     assert exit_.value.code == 0
-    help_text = " ".join(capsys.readouterr().out.split())
+    raw = capsys.readouterr().out
+    help_text = " ".join(raw.split())
     for dataclass in (DataArguments, ModelArguments, SemiSupervisedConfig):
         for field in dataclasses.fields(dataclass):
             if field.init:
@@ -343,6 +344,23 @@ def test_help_documents_every_option(capsys):
         for field in dataclasses.fields(dataclass):
             assert " ".join(field.metadata["help"].split()) in help_text, field.name
     assert "--config" in help_text and "command line wins" in help_text
+
+    # Headings in the order a user reads them: the semi-supervised options before the ~120 `TrainingArguments` ones.
+    lines = raw.splitlines()
+    headings = ["data arguments:", "model arguments:", "semi-supervised options", "training options"]
+    starts = [next(i for i, line in enumerate(lines) if line.startswith(heading)) for heading in headings]
+    assert starts == sorted(starts)
+    base = {field.name for field in dataclasses.fields(TrainingArguments)}
+    for field in dataclasses.fields(SemiSupervisedConfig):
+        if field.init and field.name != "output_dir":
+            row = next(i for i, line in enumerate(lines) if line.startswith(f"  --{field.name} "))
+            assert (row > starts[3]) if field.name in base else (starts[2] < row < starts[3]), field.name
+    assert next(i for i, line in enumerate(lines) if line.startswith("  --output_dir ")) < starts[0]
+
+    # Parsing does not depend on the headings.
+    argv = ["--model_name_or_path", "m", "--train_file", "t.csv", "--self_training_rounds", "3"]
+    data_args, _, config = parse_train_args(make_train_parser(), argv)
+    assert data_args.train_file == "t.csv" and config.self_training_rounds == 3
 
     with pytest.raises(SystemExit):
         main(["--help"])
