@@ -107,6 +107,25 @@ def check_texts(dataset, text_column: str, name: str):
             )
 
 
+def warn_on_unknown_tokens(dataset, tokenizer, name: str, rows: int = 1000, share: float = 0.5):
+    """
+    Warn when more than `share` of the tokens of `dataset`'s first `rows` rows (special tokens aside) are the
+    tokenizer's unknown token: the tokenizer is not the model's, or does not know the language (e.g. a model folder
+    without tokenizer files, for which `AutoTokenizer` builds a near-empty vocabulary).
+    """
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    if unknown is None or "input_ids" not in dataset.column_names:
+        return
+    special = set(getattr(tokenizer, "all_special_ids", [])) - {unknown}
+    ids = [i for row in dataset.select(range(min(rows, len(dataset))))["input_ids"] for i in row if i not in special]
+    found = sum(i == unknown for i in ids) / max(len(ids), 1)
+    if found > share:
+        logger.warning(
+            f"{found:.0%} of the tokens of the {name} are the unknown token {tokenizer.unk_token!r}: is the tokenizer "
+            f"({type(tokenizer).__name__}, {len(tokenizer)} tokens) the model's, with its vocabulary files?"
+        )
+
+
 def drop_labeled_duplicates(labeled, unlabeled, text_column: str):
     """
     The unlabeled pool without the rows whose text is also in the labeled set (exact match), with a warning.

@@ -31,6 +31,7 @@ from .data import (
     prepare_dataset,
     prepare_stream,
     pseudo_labeled_rows,
+    warn_on_unknown_tokens,
 )
 from .embedding_teacher import PrototypeTeacherMixin
 from .guards import NonFiniteError, check_finite_model, collapse_alarm, gathered_loss
@@ -202,6 +203,7 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Prot
         with args.main_process_first(desc="dataset preparation"):
             self.labeled_dataset, _ = prepare_dataset(train_dataset, name="labeled set (`train_dataset`)", **prepare)
             check_every_class_labeled(self.labeled_dataset["labels"], model.config.id2label, "labeled set")
+            warn_on_unknown_tokens(self.labeled_dataset, processing_class, "labeled set")
             if eval_dataset is not None:
                 eval_dataset = self._prepare_eval(eval_dataset, prepare)
             if isinstance(unlabeled_dataset, datasets.Dataset) and len(unlabeled_dataset):

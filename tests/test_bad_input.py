@@ -186,3 +186,18 @@ def test_class_names_that_differ_only_in_case_or_spaces_are_flagged(caplog):
     with caplog.at_level(logging.WARNING, logger="hf_semisup"):
         head_label_kwargs(BertConfig(), labeled.select([0, 1]), "label")
     assert caplog.text == ""
+
+
+def test_a_tokenizer_that_does_not_know_the_texts_is_flagged(tmp_path, tokenizer, caplog):
+    from transformers import BertTokenizerFast
+
+    with caplog.at_level(logging.WARNING, logger="hf_semisup"):
+        build(tmp_path, tokenizer)
+    assert "unknown token" not in caplog.text
+
+    vocab = tmp_path / "special-only.txt"
+    vocab.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\n")  # what a model folder without tokenizer files gets
+    with caplog.at_level(logging.WARNING, logger="hf_semisup"):
+        build(tmp_path, BertTokenizerFast(vocab=str(vocab)))
+    assert "of the tokens of the labeled set are the unknown token '[UNK]'" in caplog.text
+    assert "6 tokens" in caplog.text
