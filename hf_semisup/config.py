@@ -154,7 +154,9 @@ class SemiSupervisedConfig(TrainingArguments):
             `None` lets the trainer choose: [`DEFAULT_CONSISTENCY_WEIGHT`] (1.0) when the unlabeled pool is a
             `datasets.Dataset`, there is a tokenizer with a padding token to drop tokens with, no `compute_loss_func`
             and at least 2 classes; `0` otherwise (no pool, a streamed pool, ...). The trainer writes the value it
-            chose back into the config (and chooses again if the config is reused for another trainer).
+            chose back into the config (and chooses again if the config is reused for another trainer). Why 1.0:
+            on the label-efficiency benchmark (movie snippets, 8 labels per class, 3 seeds) lambda 0 / 1 / 3 on top
+            of self-training end at 0.700 / 0.708 / 0.690 accuracy; on subjectivity 1 beats 0 on every seed.
         token_dropout (`float`, *optional*, defaults to `0.15`):
             Probability that each token of an unlabeled text is dropped in the noised copy, in [0, 1). Special tokens
             (CLS, SEP, padding and any other special token) are never dropped.
