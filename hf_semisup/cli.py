@@ -166,7 +166,9 @@ def load_model(model_args: ModelArguments, labeled, config: SemiSupervisedConfig
     init_kwargs = {k: v for k, v in (config.model_init_kwargs or {}).items() if k not in hub}
     checkpoint = _from_pretrained(AutoConfig.from_pretrained, path, "model_name_or_path", **hub)
     tokenizer_flag = "tokenizer_name" if model_args.tokenizer_name else "model_name_or_path"
-    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, model_args.tokenizer_name or path, tokenizer_flag, **hub)
+    tokenizer = _from_pretrained(
+        AutoTokenizer.from_pretrained, model_args.tokenizer_name or path, tokenizer_flag, **hub
+    )
     labels = head_label_kwargs(checkpoint, labeled, config.label_column)
     set_seed(config.seed)  # the new classification head must not depend on what ran before
     try:

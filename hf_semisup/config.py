@@ -454,7 +454,9 @@ class SemiSupervisedConfig(TrainingArguments):
             self.use_cpu = True
         super().__post_init__()
         if self.output_dir is not None and os.path.isfile(self.output_dir):
-            raise ValueError(f"`output_dir` {self.output_dir!r} is a file: give a directory (it is created if missing).")
+            raise ValueError(
+                f"`output_dir` {self.output_dir!r} is a file: give a directory (it is created if missing)."
+            )
         if not isinstance(self.self_training_rounds, int) or self.self_training_rounds < 0:
             raise ValueError(f"`self_training_rounds` must be an integer >= 0, got {self.self_training_rounds!r}.")
         if isinstance(self.min_steps_per_round, bool) or not isinstance(self.min_steps_per_round, int):

@@ -269,7 +269,9 @@ def prepare_dataset(
         values = dataset[source_label]
         feature = dataset.features.get(source_label)
         if isinstance(feature, datasets.ClassLabel) and label2id is not None:
-            values = [feature.int2str(v) if feature.names[v] in label2id else v for v in values]
+            values = [
+                v if is_missing_label(v) or feature.names[v] not in label2id else feature.int2str(v) for v in values
+            ]
         if labels == "hide":
             label_ids = _hidden_label_ids(values, label2id or {}, num_labels, name, source_label)
         else:

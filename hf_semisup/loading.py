@@ -23,6 +23,7 @@ FILE_FLAGS = {
     "test": "test_file",
 }
 
+
 def read_data_file(path: str, flag: str, cache_dir: str | None = None) -> datasets.Dataset:
     """Read a csv, tsv, json, jsonl or parquet file into a [`~datasets.Dataset`]; `flag` names it in errors."""
     if not os.path.isfile(path):

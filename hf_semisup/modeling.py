@@ -86,7 +86,7 @@ def load_classifier(name: str, model_init_kwargs: dict, **kwargs) -> PreTrainedM
         raise ValueError(
             f"{name!r} has a trained classification head whose size is not the {kwargs.get('num_labels')} classes of "
             "the labeled set: to replace it with a new head, set `model_init_kwargs`={'ignore_mismatched_sizes': "
-            'True} (`--model_init_kwargs \'{"ignore_mismatched_sizes": true}\'`).'
+            "True} (`--model_init_kwargs '{\"ignore_mismatched_sizes\": true}'`)."
         ) from error
     except (TypeError, AttributeError) as error:
         if not model_init_kwargs:

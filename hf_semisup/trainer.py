@@ -131,7 +131,9 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Prot
         args = self._resolve_args(args, model)
         if train_dataset is None:
             raise ValueError("`train_dataset` (the labeled set) is required.")
-        check_dataset_types(train_dataset=train_dataset, eval_dataset=eval_dataset, unlabeled_dataset=unlabeled_dataset)
+        check_dataset_types(
+            train_dataset=train_dataset, eval_dataset=eval_dataset, unlabeled_dataset=unlabeled_dataset
+        )
         # Unset, the trainer chooses once the model and tokenizer are loaded (below), and writes its choice back; a
         # config reused for another trainer chooses again. Only a value the user set is checked here.
         consistency_chosen = args.consistency_weight is None or getattr(args, "_consistency_weight_chosen", False)

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 from conftest import make_model, tiny_config, toy_dataset
-from datasets import Dataset
+from datasets import ClassLabel, Dataset, Features, Value
 
 from hf_semisup import SemiSupervisedTrainer
 
@@ -139,8 +139,12 @@ def test_model_classes_without_a_labeled_example(tmp_path, tokenizer):
 
 
 def test_raw_text_without_a_tokenizer(tmp_path):
-    with pytest.raises(ValueError, match=r"labeled set \(`train_dataset`\) holds raw text .*'text'.*`processing_class`"):
-        SemiSupervisedTrainer(make_model(), tiny_config(tmp_path, self_training_rounds=0), train_dataset=toy_dataset(8))
+    with pytest.raises(
+        ValueError, match=r"labeled set \(`train_dataset`\) holds raw text .*'text'.*`processing_class`"
+    ):
+        SemiSupervisedTrainer(
+            make_model(), tiny_config(tmp_path, self_training_rounds=0), train_dataset=toy_dataset(8)
+        )
 
 
 def test_datasets_of_another_type_are_named(tmp_path, tokenizer):
@@ -176,7 +180,9 @@ def test_class_names_that_differ_only_in_case_or_spaces_are_flagged(caplog):
 
     from hf_semisup.modeling import head_label_kwargs
 
-    labeled = Dataset.from_dict({"text": ["a", "b", "c", "d"], "label": ["negative", "positive", "positive ", "Negative"]})
+    labeled = Dataset.from_dict(
+        {"text": ["a", "b", "c", "d"], "label": ["negative", "positive", "positive ", "Negative"]}
+    )
     with caplog.at_level(logging.WARNING, logger="hf_semisup"):
         kwargs = head_label_kwargs(BertConfig(), labeled, "label")
     assert kwargs["num_labels"] == 4  # each is still a class of its own
@@ -201,3 +207,15 @@ def test_a_tokenizer_that_does_not_know_the_texts_is_flagged(tmp_path, tokenizer
         build(tmp_path, BertTokenizerFast(vocab=str(vocab)))
     assert "of the tokens of the labeled set are the unknown token '[UNK]'" in caplog.text
     assert "6 tokens" in caplog.text
+
+
+def test_class_label_columns_with_missing_labels(tmp_path, tokenizer):
+    # IMDb's `unsupervised` split: a `ClassLabel` column of -1. As a pool it is simply unlabeled; in the labeled set
+    # the row is named (a -1 once read as the last class name, or failed with "Invalid integer class label -1").
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["negative", "positive"])})
+    rows = toy_dataset(8, seed=1)
+    pool = Dataset.from_dict({"text": rows["text"], "label": [-1] * 8}, features=features)
+    assert build(tmp_path, tokenizer, unlabeled_dataset=pool).unlabeled_gold_labels is None
+
+    partly = Dataset.from_dict({"text": rows["text"], "label": [0, 1, 1, 0, -1, 1, 0, 0]}, features=features)
+    expect_error(tmp_path, tokenizer, "no label", "in row 4", train_dataset=partly)

@@ -157,9 +157,19 @@ def test_labels_that_cannot_train_a_classifier(capsys, tmp_path, tiny_model_dir)
     # A row without a label is named as such, not blamed on a valid row (names: the class list skips it; ints: the
     # column reads as floats).
     names = ["negative", "positive", "negative", None, "positive", "negative"]
-    fails(capsys, [*base, write_labeled(tmp_path / "names.csv", names)], "no label (empty, None or -1) in row 3:", "'label'")
+    fails(
+        capsys,
+        [*base, write_labeled(tmp_path / "names.csv", names)],
+        "no label (empty, None or -1) in row 3:",
+        "'label'",
+    )
     ints = [0, 1, 0, 1, None, 1]
-    fails(capsys, [*base, write_labeled(tmp_path / "ints.csv", ints)], "no label (empty, None or -1) in row 4:", "'label'")
+    fails(
+        capsys,
+        [*base, write_labeled(tmp_path / "ints.csv", ints)],
+        "no label (empty, None or -1) in row 4:",
+        "'label'",
+    )
 
     mixed = write_labeled(tmp_path / "mixed.jsonl", ["negative", 1, "negative", "positive"], suffix=".jsonl")
     fails(capsys, [*base, mixed], "'label' mixes class names and other values", "'negative'", "1")
@@ -175,7 +185,9 @@ def test_checkpoint_head_of_another_size(capsys, tmp_path, tiny_model_dir):
     from hf_semisup.loading import read_data_file
 
     config = tiny_config(tmp_path, model_init_kwargs={"ignore_mismatched_sizes": True})
-    _, model = load_model(ModelArguments(model_name_or_path=tiny_model_dir), read_data_file(three, "train_file"), config)
+    _, model = load_model(
+        ModelArguments(model_name_or_path=tiny_model_dir), read_data_file(three, "train_file"), config
+    )
     assert model.config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
     assert model.classifier.out_features == 3
 
