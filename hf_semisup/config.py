@@ -336,7 +336,8 @@ class SemiSupervisedConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "Weight lambda of the token-dropout consistency loss, >= 0. 0 turns it off (no cost). Unset: 1.0 "
-            "when the unlabeled pool is a datasets.Dataset (not a stream), else 0."
+            "when the unlabeled pool is a datasets.Dataset (not a stream), the tokenizer can pad, there is no "
+            "compute_loss_func and there are >= 2 classes; else 0."
         },
     )
     token_dropout: float = field(

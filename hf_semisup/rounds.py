@@ -15,6 +15,15 @@ from .checkpointing import write_json_atomic
 logger = logging.getLogger(__name__)
 
 HISTORY_NAME = "self_training_history.json"
+# Keys of a round's record logged through `Trainer.log` (TensorBoard, W&B, ...) under another name, beside
+# `self_training_round`, `num_pseudo_labels`, `pseudo_label_threshold`, `pseudo_label_accuracy`,
+# `pseudo_label_collapse_alarm` and `pseudo_labels_<class>`.
+LOGGED_AS = {
+    "num_confident": "pseudo_label_num_confident",
+    "mean_confidence": "pseudo_label_mean_confidence",
+    "teacher_pool_accuracy": "teacher_pool_accuracy",
+    "num_train_examples": "num_train_examples",
+}
 
 
 class RoundHistoryMixin:
@@ -87,6 +96,9 @@ class RoundHistoryMixin:
             logs["pseudo_label_accuracy"] = record["pseudo_label_accuracy"]
         for name, count in record["pseudo_label_class_counts"].items():
             logs[f"pseudo_labels_{name}"] = count
+        for key, name in LOGGED_AS.items():  # the rest of the record that is one number (round 0 has no teacher)
+            if record.get(key) is not None:
+                logs[name] = record[key]
         self.log(logs)
         self._write_history()
 

@@ -130,6 +130,14 @@ def test_self_training_on_a_learnable_task(tmp_path, tokenizer):
     logged = [log for log in trainer.state.log_history if "num_pseudo_labels" in log]
     assert logged and logged[-1]["self_training_round"] == 2
     assert logged[-1]["num_pseudo_labels"] == history[2]["num_pseudo_labels"]
+    # The record's other figures reach the loggers too.
+    for key, name in {
+        "num_confident": "pseudo_label_num_confident",
+        "mean_confidence": "pseudo_label_mean_confidence",
+        "teacher_pool_accuracy": "teacher_pool_accuracy",
+        "num_train_examples": "num_train_examples",
+    }.items():
+        assert logged[-1][name] == history[2][key], name
 
 
 def test_round_with_nothing_confident_trains_on_labeled_data(tmp_path, tokenizer):
