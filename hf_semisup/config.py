@@ -454,6 +454,9 @@ class SemiSupervisedConfig(TrainingArguments):
             logger.info("Several processes and no GPU: setting `use_cpu=True` so that they train together on the CPU.")
             self.use_cpu = True
         super().__post_init__()
+        if self.dataloader_pin_memory and (self.use_cpu or not has_accelerator()):
+            # Pinned memory only speeds up copies to an accelerator; without one, torch warns at every DataLoader.
+            self.dataloader_pin_memory = False
         if self.output_dir is not None and os.path.isfile(self.output_dir):
             raise ValueError(
                 f"`output_dir` {self.output_dir!r} is a file: give a directory (it is created if missing)."

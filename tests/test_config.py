@@ -111,3 +111,26 @@ def test_students_train_student_epochs_and_round_0_num_train_epochs(tmp_path):
     config.student_epochs = None
     assert config.round_epochs(2) == 3.0
     assert config.round_max_steps(416, round_=2) == -1
+
+
+def test_no_pinned_memory_without_an_accelerator(tmp_path, tokenizer, monkeypatch):
+    # Torch warns "'pin_memory' argument is set as true but no accelerator is found" at every DataLoader of a CPU run.
+    import warnings
+
+    from conftest import make_model, toy_dataset
+
+    from hf_semisup import SemiSupervisedTrainer
+
+    monkeypatch.setattr("hf_semisup.config.has_accelerator", lambda: False)
+    config = SemiSupervisedConfig(output_dir=str(tmp_path), report_to="none", max_steps=2, self_training_rounds=0)
+    assert config.dataloader_pin_memory is False
+    trainer = SemiSupervisedTrainer(make_model(), config, train_dataset=toy_dataset(8), processing_class=tokenizer)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    assert not [w for w in caught if "pin_memory" in str(w.message)]
+
+    monkeypatch.setattr("hf_semisup.config.has_accelerator", lambda: True)
+    assert SemiSupervisedConfig(output_dir=str(tmp_path), report_to="none").dataloader_pin_memory is True
+    on_cpu = SemiSupervisedConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    assert on_cpu.dataloader_pin_memory is False
