@@ -15,8 +15,10 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.trainer_utils import get_last_checkpoint
 
 from .arguments import DataArguments, ModelArguments
+from .checkpointing import find_latest_state
 from .config import SemiSupervisedConfig
 from .data import prepare_dataset
 from .loading import load_splits
@@ -238,8 +240,33 @@ def build_trainer(data_args: DataArguments, model_args: ModelArguments, config: 
     return trainer, held_out, num_unlabeled
 
 
+def resume_target(config: SemiSupervisedConfig) -> bool | str | None:
+    """
+    What `--resume_from_checkpoint` asks `train` for: `True` for `true` / `latest` (the latest saved state under
+    `output_dir`), a folder, or `None`. Checked here, so a run with nothing to resume stops before it loads anything.
+    """
+    value = config.resume_from_checkpoint
+    if value is None or str(value).strip().lower() in ("", "false", "none"):
+        return None
+    if str(value).strip().lower() in ("true", "latest"):
+        output_dir = config.output_dir
+        checkpoint = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if find_latest_state(output_dir) is None and checkpoint is None:
+            raise ValueError(
+                f"`--resume_from_checkpoint` {value!r}: nothing to resume in `--output_dir` {output_dir!r} (no saved "
+                "self-training state or checkpoint: was the first run's `save_strategy` 'no'?)."
+            )
+        return True
+    if not os.path.isdir(value):
+        raise ValueError(
+            f"`--resume_from_checkpoint` {value!r} is not a folder: give a checkpoint folder, or `true` for the latest "
+            "save under `--output_dir`."
+        )
+    return value
+
+
 # ---- Training and reporting ---------------------------------------------------------------------------------------
-def train_and_report(trainer: SemiSupervisedTrainer, held_out: dict) -> dict:
+def train_and_report(trainer: SemiSupervisedTrainer, held_out: dict, resume_from_checkpoint=None) -> dict:
     """
     Train, evaluate the final model on the held-out splits, save it with its label names, and print (main process) the
     per-round table and where the chart is.
@@ -248,7 +275,7 @@ def train_and_report(trainer: SemiSupervisedTrainer, held_out: dict) -> dict:
         `dict`: `history` (the per-round records), `metrics` (the final model's `<split>_<metric>` values),
         `per_round` (the split the rounds were evaluated on) and `best_round`.
     """
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     history = trainer.self_training_history
     per_round = next((split for split, data in held_out.items() if data is trainer.eval_dataset), None)
     kept_last = trainer.best_round in (None, history[-1]["round"])
@@ -312,11 +339,12 @@ def main(argv: list[str] | None = None) -> int:
         data_args, model_args, config = parse_train_args(parser, argv, defaults)
         logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
         logging.getLogger("hf_semisup").setLevel(logging.INFO if config.should_log else logging.WARNING)
+        resume = resume_target(config)
         trainer, held_out, num_unlabeled = build_trainer(data_args, model_args, config)
     except INPUT_ERRORS as error:
         return _fail(command, error)
 
-    results = train_and_report(trainer, held_out)
+    results = train_and_report(trainer, held_out, resume)
     if command == "demo" and trainer.is_world_process_zero():
         from .demo import print_comparison
 

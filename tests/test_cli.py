@@ -5,6 +5,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import logging
 import os
 import runpy
 import subprocess
@@ -20,6 +21,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trai
 
 from hf_semisup import SemiSupervisedConfig
 from hf_semisup.arguments import DataArguments, ModelArguments
+from hf_semisup.checkpointing import deterministic_metrics
 from hf_semisup.cli import build_trainer, load_model, main, make_train_parser, parse_train_args
 from hf_semisup.config import DEFAULT_CONSISTENCY_WEIGHT
 
@@ -127,6 +129,40 @@ def test_train_end_to_end_in_process(workspace, trained):
     gold = np.asarray([model.config.label2id[label] for label in list(test["label"])])
     assert results["test_accuracy"] == pytest.approx(float((logits.argmax(-1).numpy() == gold).mean()))
     assert results["validation_accuracy"] == history[-1]["eval_accuracy"]
+
+
+def test_resume_an_interrupted_run_from_the_command_line(workspace, tmp_path, caplog):
+    output_dir = tmp_path / "resumable"
+    argv = ["train", *data_flags(workspace), "--self_training_rounds", "1", "--output_dir", str(output_dir)]
+    argv += [*TINY_TRAINING, "--save_strategy", "steps", "--save_steps", "5"]
+    code, first = run_main(argv)
+    assert code == 0
+    history = json.loads((output_dir / "self_training_history.json").read_text())
+    results = deterministic_metrics(json.loads((output_dir / "all_results.json").read_text()))
+
+    # From a checkpoint in the middle of round 1 (what a preempted job leaves): the same history and final metrics.
+    middle = output_dir / "round-1" / "checkpoint-5"
+    assert (middle / "self_training_state.json").is_file()
+    round_0 = output_dir / "round-0" / "checkpoint-10" / "model.safetensors"
+    written = round_0.stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="hf_semisup"):
+        code, resumed = run_main([*argv, "--resume_from_checkpoint", str(middle)])
+    assert code == 0
+    assert f"Resuming self-training from {middle}: round 1, fitting, step 5" in caplog.text
+    assert round_0.stat().st_mtime_ns == written  # round 0 is not trained again
+    assert json.loads((output_dir / "self_training_history.json").read_text()) == history
+    assert deterministic_metrics(json.loads((output_dir / "all_results.json").read_text())) == results
+    assert table_rows(resumed) == table_rows(first)
+
+    # `true`: the latest save under output_dir, here the finished run, which is not trained again.
+    weights = (output_dir / "model.safetensors").read_bytes()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="hf_semisup"):
+        code, again = run_main([*argv, "--resume_from_checkpoint", "true"])
+    assert code == 0 and table_rows(again) == table_rows(first)
+    assert "Resuming self-training from" in caplog.text and ", done," in caplog.text
+    assert json.loads((output_dir / "self_training_history.json").read_text()) == history
+    assert (output_dir / "model.safetensors").read_bytes() == weights
 
 
 def test_supervised_only_equals_round_zero(workspace, trained):

@@ -214,3 +214,15 @@ def test_output_dir_that_is_a_file(capsys, tmp_path, train_file):
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert "`output_dir`" in err and str(a_file) in err and "is a file" in err
+
+
+def test_nothing_to_resume(capsys, tmp_path, train_file):
+    base = ["--model_name_or_path", "m", "--train_file", train_file, "--num_labeled_per_class", "2"]
+    empty = str(tmp_path / "fresh")
+    argv = [*base, "--output_dir", empty, "--resume_from_checkpoint", "true"]
+    code = main(["train", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "--resume_from_checkpoint" in err and "nothing to resume" in err and empty in err
+    missing = str(tmp_path / "no-checkpoint")
+    fails(capsys, [*base, "--resume_from_checkpoint", missing], "--resume_from_checkpoint", missing, "not a folder")
