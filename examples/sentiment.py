@@ -20,7 +20,7 @@ import sys
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
 from hf_semisup import SemiSupervisedTrainer
-from hf_semisup.cli import make_train_parser, parse_train_args
+from hf_semisup.cli import make_train_parser, parse_train_args, resume_target
 from hf_semisup.data import label_names_of
 from hf_semisup.loading import load_splits
 from hf_semisup.report import round_table, summary_metric
@@ -57,7 +57,8 @@ def main(data_args, model_args, training_args):
         processing_class=tokenizer,
         unlabeled_dataset=splits.get("unlabeled"),
     )
-    trainer.train()
+    # --resume_from_checkpoint true (or a checkpoint folder) continues an interrupted run.
+    trainer.train(resume_from_checkpoint=resume_target(training_args))
     trainer.save_model()
 
     if trainer.is_world_process_zero():

@@ -262,14 +262,23 @@ def test_demo_comparison_names_round_0_for_what_it_trained_on(capsys, weight, ba
     assert ("consistency loss (lambda 1)" in out) == bool(weight)
 
 
-def test_example_script_runs(workspace, tmp_path, monkeypatch):
+def test_example_script_runs(workspace, tmp_path, monkeypatch, caplog):
     argv = [*data_flags(workspace), "--self_training_rounds", "1", "--output_dir", str(tmp_path)] + TINY_TRAINING
-    monkeypatch.setattr(sys, "argv", ["sentiment.py", *argv])
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        runpy.run_path(os.path.join(REPO, "examples", "sentiment.py"), run_name="__main__")
-    assert len(table_rows(out.getvalue())) == 2
+    argv += ["--save_strategy", "steps", "--save_steps", "5"]
+
+    def run(*extra):
+        monkeypatch.setattr(sys, "argv", ["sentiment.py", *argv, *extra])
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(os.path.join(REPO, "examples", "sentiment.py"), run_name="__main__")
+        return table_rows(out.getvalue())
+
+    rows = run()
+    assert len(rows) == 2
     assert AutoModelForSequenceClassification.from_pretrained(str(tmp_path)).config.id2label[1] == "positive"
+    with caplog.at_level(logging.INFO, logger="hf_semisup"):
+        assert run("--resume_from_checkpoint", "true") == rows
+    assert "Resuming self-training from" in caplog.text
 
 
 # ---- Options and config files -----------------------------------------------------------------------------------
