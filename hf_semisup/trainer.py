@@ -27,6 +27,7 @@ from .data import (
     check_dataset_types,
     check_every_class_labeled,
     drop_labeled_duplicates,
+    is_tokenized,
     label_names_of,
     prepare_dataset,
     prepare_stream,
@@ -349,6 +350,32 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Prot
             self.model.load_state_dict(state)
 
     # ---- Pseudo-labeling --------------------------------------------------------------------------------------------
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        """[`~transformers.Trainer.evaluate`], on raw-text datasets too (tokenized and label-mapped as in `__init__`)."""
+        eval_dataset = self._prepare_raw(eval_dataset, "eval set (`eval_dataset`)", labels="train")
+        return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
+    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
+        """[`~transformers.Trainer.predict`], on raw-text datasets too; a label column, if any, gives metrics."""
+        test_dataset = self._prepare_raw(test_dataset, "test set (`test_dataset`)", labels="keep")
+        return super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
+    def _prepare_raw(self, dataset, name: str, labels: str):
+        # A dict of eval sets comes back here one set at a time, through `Trainer.evaluate`.
+        if not isinstance(dataset, datasets.Dataset) or is_tokenized(dataset):
+            return dataset
+        return prepare_dataset(
+            dataset,
+            self.processing_class,
+            name=name,
+            text_column=self.args.text_column,
+            label_column=self.args.label_column,
+            label2id=self.model.config.label2id,
+            num_labels=self.model.config.num_labels,
+            max_length=self.args.max_length,
+            labels=labels,
+        )[0]
+
     def _tokenize_for_prediction(self, dataset):
         name = "dataset to pseudo-label"
         if isinstance(dataset, datasets.IterableDataset):

@@ -348,3 +348,27 @@ def test_head_label_kwargs_follow_the_labeled_set_for_placeholder_checkpoints():
     assert head_label_kwargs(placeholder, strings, "category") == {}
     for values in ([0.5, 1.5], [True, False]):
         assert head_label_kwargs(placeholder, Dataset.from_dict({"text": ["a", "b"], "label": values}), "label") == {}
+
+
+def test_evaluate_and_predict_take_raw_text(tmp_path, tokenizer):
+    held_out = toy_dataset(24, seed=5)
+    trainer = SemiSupervisedTrainer(
+        make_model(),
+        tiny_config(tmp_path, self_training_rounds=0, max_steps=4),
+        train_dataset=toy_dataset(16),
+        eval_dataset=held_out,
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    stored = trainer.evaluate()  # the eval set the constructor tokenized
+    raw = trainer.evaluate(held_out)
+    assert {k: v for k, v in raw.items() if k in ("eval_loss", "eval_accuracy", "eval_f1")} == {
+        k: v for k, v in stored.items() if k in ("eval_loss", "eval_accuracy", "eval_f1")
+    }
+    assert trainer.evaluate({"dev": held_out})["eval_dev_accuracy"] == stored["eval_accuracy"]
+
+    with_labels = trainer.predict(held_out)
+    assert with_labels.predictions.shape == (24, 2) and with_labels.metrics["test_accuracy"] == stored["eval_accuracy"]
+    texts_only = trainer.predict(held_out.remove_columns("label"))
+    np.testing.assert_allclose(texts_only.predictions, with_labels.predictions, rtol=1e-6)
+    assert texts_only.label_ids is None
