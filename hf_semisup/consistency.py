@@ -299,6 +299,9 @@ class ConsistencyRegularizer:
                 batch_sampler=self._sampler,
                 collate_fn=self.collator,
                 num_workers=self.args.dataloader_num_workers,
+                # Its own generator: building an iterator draws a seed (for workers) from the global RNG otherwise, and
+                # a resumed run builds one where the uninterrupted run did not, shifting the dropout that follows.
+                generator=torch.Generator().manual_seed(derive_seed(self._stream_seed(round_), k)),
             )
             self._iterator = iter(loader)
         self._next = (round_, k + 1)
