@@ -719,6 +719,19 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Prot
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """[`~transformers.Trainer.init_hf_repo`], its failure (offline, no token, no right to the repo) in one line."""
+        try:
+            super().init_hf_repo(token=token, private=private)
+        except Exception as error:  # `huggingface_hub` and `httpx` errors share no base class short of `Exception`
+            repo = self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
+            reason = next(iter(str(error).strip().splitlines()), "") or type(error).__name__
+            raise ValueError(
+                f"`push_to_hub`=True, but the Hub repo {repo!r} could not be created or reached ({type(error).__name__}: "
+                f"{reason}). Check the network and the token (`hub_token` or `hf auth login`), or set "
+                "`push_to_hub=False` and push later."
+            ) from error
+
     def push_to_hub(self, *args, **kwargs):
         # Round checkpoints and pseudo-label files (with the tokenized pool's cache) are working files, not the model.
         with upload_ignoring(HUB_IGNORE_PATTERNS):

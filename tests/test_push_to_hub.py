@@ -112,3 +112,21 @@ def test_push_to_hub_sends_adapter_tokenizer_card_and_history(tmp_path, fake_hub
     card = ModelCard(files["README.md"].decode())
     assert card.data.library_name == "transformers"
     assert f'pipeline("text-classification", model="{REPO_ID}")' in card.text
+
+
+def test_an_unreachable_hub_is_one_clear_error_before_training(tmp_path, monkeypatch):
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    def offline(api, repo_id, **kwargs):
+        raise OfflineModeIsEnabled("Cannot reach https://huggingface.co/api/repos/create: offline mode is enabled.")
+
+    monkeypatch.setattr(HfApi, "create_repo", offline)
+    args = tiny_config(tmp_path / "out", push_to_hub=True, hub_model_id=REPO_ID, self_training_rounds=0)
+    with pytest.raises(ValueError) as error:
+        SemiSupervisedTrainer(
+            make_model(), args, train_dataset=toy_dataset(8), processing_class=make_tokenizer(str(tmp_path))
+        )
+    message = str(error.value)
+    assert "`push_to_hub`=True" in message and repr(REPO_ID) in message
+    assert "OfflineModeIsEnabled: Cannot reach" in message and "push_to_hub=False" in message
+    assert isinstance(error.value.__cause__, OfflineModeIsEnabled)
