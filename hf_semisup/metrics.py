@@ -41,6 +41,10 @@ def _load_evaluate_metrics():
         return None
 
 
+# What an evaluation with the default `compute_metrics` reports (as `eval_<name>`), the loss included.
+DEFAULT_METRIC_NAMES = ("loss", "accuracy", "f1")
+
+
 def compute_classification_metrics(eval_prediction) -> dict[str, float]:
     """`compute_metrics` for [`~transformers.Trainer`]: `accuracy` and `f1` (macro) of the argmax predictions."""
     logits, references = eval_prediction.predictions, eval_prediction.label_ids

@@ -36,7 +36,7 @@ from .data import (
 )
 from .embedding_teacher import PrototypeTeacherMixin
 from .guards import NonFiniteError, check_finite_model, collapse_alarm, gathered_loss
-from .metrics import accuracy, compute_classification_metrics
+from .metrics import DEFAULT_METRIC_NAMES, accuracy, compute_classification_metrics
 from .model_card import write_model_card
 from .modeling import align_label_names, check_local_path, file_location_kwargs, head_label_kwargs, load_classifier
 from .pseudo_labeling import PseudoLabels, predict_pool, save_pseudo_labels
@@ -162,6 +162,13 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Prot
                 "`compute_loss_func` cannot be combined with `soft_pseudo_labels`=True: the soft pseudo-label loss "
                 "computes the cross-entropy itself."
             )
+        metric = args.metric_for_best_model
+        if metric is not None and compute_metrics is None and not isinstance(eval_dataset, dict):
+            if metric.removeprefix("eval_") not in DEFAULT_METRIC_NAMES:
+                raise ValueError(
+                    f"`metric_for_best_model`={metric!r} is not a metric of the evaluation: with the default "
+                    f"`compute_metrics` it is one of {', '.join(map(repr, DEFAULT_METRIC_NAMES))}."
+                )
         if args.rollback_on_worse_eval and eval_dataset is None:
             raise ValueError(
                 "`rollback_on_worse_eval`=True compares eval metrics between rounds: pass an `eval_dataset`."

@@ -219,3 +219,25 @@ def test_class_label_columns_with_missing_labels(tmp_path, tokenizer):
 
     partly = Dataset.from_dict({"text": rows["text"], "label": [0, 1, 1, 0, -1, 1, 0, 0]}, features=features)
     expect_error(tmp_path, tokenizer, "no label", "in row 4", train_dataset=partly)
+
+
+def test_a_misspelt_metric_for_best_model_fails_before_training(tmp_path, tokenizer):
+    def config(**kwargs):
+        return tiny_config(tmp_path, self_training_rounds=0, eval_strategy="epoch", save_strategy="epoch", **kwargs)
+
+    with pytest.raises(ValueError, match=r"`metric_for_best_model`='eval_acc'.*'loss', 'accuracy', 'f1'"):
+        SemiSupervisedTrainer(
+            make_model(), config(load_best_model_at_end=True, metric_for_best_model="eval_acc"),
+            train_dataset=toy_dataset(8), eval_dataset=toy_dataset(8, seed=1), processing_class=tokenizer,
+        )  # fmt: skip
+    for name in ("accuracy", "eval_f1", "loss"):  # with or without the prefix, as transformers takes them
+        SemiSupervisedTrainer(
+            make_model(), config(load_best_model_at_end=True, metric_for_best_model=name),
+            train_dataset=toy_dataset(8), eval_dataset=toy_dataset(8, seed=1), processing_class=tokenizer,
+        )  # fmt: skip
+    # Metrics of the user's own `compute_metrics` are not known in advance.
+    SemiSupervisedTrainer(
+        make_model(), config(load_best_model_at_end=True, metric_for_best_model="eval_recall"),
+        train_dataset=toy_dataset(8), eval_dataset=toy_dataset(8, seed=1), processing_class=tokenizer,
+        compute_metrics=lambda prediction: {"recall": 1.0},
+    )  # fmt: skip
