@@ -16,6 +16,8 @@ from transformers.utils import (
 logger = logging.getLogger(__name__)
 
 SEQ_CLS = "SEQ_CLS"
+# The head modules peft adds to `modules_to_save` itself for task_type SEQ_CLS (even when they are already listed).
+PEFT_SEQ_CLS_HEADS = ("classifier", "score")
 
 
 def is_peft_model(model) -> bool:
@@ -75,7 +77,8 @@ def prepare_peft_model(model, peft_config):
     # peft extends `modules_to_save` in place: a copy keeps the caller's config reusable for another trainer.
     peft_config = copy.deepcopy(peft_config)
     peft_config.task_type = SEQ_CLS
-    head = [name for name in head_module_names(model) if name not in (peft_config.modules_to_save or [])]
+    listed = [*(peft_config.modules_to_save or []), *PEFT_SEQ_CLS_HEADS]
+    head = [name for name in head_module_names(model) if name not in listed]
     if head:
         peft_config.modules_to_save = [*(peft_config.modules_to_save or []), *head]
     model = get_peft_model(model, peft_config)

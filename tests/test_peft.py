@@ -272,6 +272,8 @@ def test_every_module_of_the_head_trains(tmp_path, make, target_modules, head):
     body_trainable = [n for n in trainable if n.startswith(f"{body}.")]
     assert body_trainable and all("lora_" in n for n in body_trainable)
     assert peft_config.modules_to_save is None  # the caller's config is not modified
+    saved = trainer.model.active_peft_config.modules_to_save  # what adapter_config.json will list
+    assert len(saved) == len(set(saved)), saved
 
 
 def test_ready_peft_model_with_a_frozen_head_module_warns(tmp_path, caplog):
