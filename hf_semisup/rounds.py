@@ -9,7 +9,7 @@ import os
 import torch
 from accelerate.utils import broadcast_object_list
 
-from .checkpointing import write_json_atomic
+from .checkpointing import round_end_dir, write_json_atomic
 
 
 logger = logging.getLogger(__name__)
@@ -60,9 +60,15 @@ class RoundHistoryMixin:
                 self._best_state = self._copy_state()
 
     def _load_best_round(self):
-        if self.best_round is not None and self.best_round != self._model_round and self._best_state is not None:
+        if self.best_round is None:
+            return
+        if self.best_round != self._model_round and self._best_state is not None:
             logger.info(f"Loading the model of round {self.best_round}, the best by `{self._best_metric_key()}`.")
             self.model.load_state_dict(self._best_state)
+        # `Trainer` kept the best checkpoint of the last round it trained: say which round's model this is instead.
+        best_end = round_end_dir(self.args.output_dir, self.best_round)
+        self.state.best_metric = self._best_metric
+        self.state.best_model_checkpoint = best_end if os.path.isdir(best_end) else None
 
     def _rollback_if_worse(self, record: dict) -> bool:
         """With `rollback_on_worse_eval`: if this round's eval metric is worse than the previous round's, go back."""

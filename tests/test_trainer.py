@@ -263,6 +263,9 @@ def test_load_best_model_at_end_keeps_the_best_round(tmp_path, tokenizer):
     assert not all(torch.equal(final[k], v) for k, v in recorder.weights[2].items())
     # Checkpoints of different rounds live in different folders.
     assert sorted(os.listdir(tmp_path / "round-1")) and sorted(os.listdir(tmp_path / "round-2"))
+    # The trainer state names the kept round, not the best checkpoint of the last round trained.
+    assert trainer.state.best_metric == 0.9
+    assert trainer.state.best_model_checkpoint == str(tmp_path / "round-1" / "round-end")
 
 
 def test_gradient_accumulation_matches_the_big_batch_without_consistency(tmp_path, tokenizer):
