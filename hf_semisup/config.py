@@ -182,7 +182,7 @@ class SemiSupervisedConfig(TrainingArguments):
         pool allows it because, added to self-training, it was ahead on the label-efficiency benchmark (three seeds
         each), though by less than the seed-to-seed spread: 0.703 against 0.700 without it on movie snippets at 8
         labels per class and 0.887 against 0.878 on subjectivity, higher on every seed there. On its own
-        (`self_training_rounds=0`) it is level with supervised-only on movie snippets (0.547 against 0.553). It costs:
+        (`self_training_rounds=0`) it is level with supervised-only on movie snippets (0.541 against 0.553). It costs:
         a run took 4.9 to 7.1 minutes against 2.9 to 3.4; `consistency_weight=0` trades those points for that time.
 
         > Pseudo-labeling pass
