@@ -371,17 +371,18 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Prot
         # A dict of eval sets comes back here one set at a time, through `Trainer.evaluate`.
         if not isinstance(dataset, datasets.Dataset) or is_tokenized(dataset):
             return dataset
-        return prepare_dataset(
-            dataset,
-            self.processing_class,
-            name=name,
+        return prepare_dataset(dataset, name=name, labels=labels, **self._prepare_kwargs())[0]
+
+    def _prepare_kwargs(self) -> dict:
+        """What `prepare_dataset` needs from the trainer: the tokenizer, the columns, the model's classes, the length."""
+        return dict(
+            tokenizer=self.processing_class,
             text_column=self.args.text_column,
             label_column=self.args.label_column,
             label2id=self.model.config.label2id,
             num_labels=self.model.config.num_labels,
             max_length=self.args.max_length,
-            labels=labels,
-        )[0]
+        )
 
     def _tokenize_for_prediction(self, dataset):
         name = "dataset to pseudo-label"
@@ -393,16 +394,11 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Prot
         with self.args.main_process_first(desc="tokenizing the dataset to pseudo-label"):
             prepared, _ = prepare_dataset(
                 dataset,
-                self.processing_class,
                 name=name,
-                text_column=self.args.text_column,
-                label_column=self.args.label_column,
-                label2id=self.model.config.label2id,
-                num_labels=self.model.config.num_labels,
-                max_length=self.args.max_length,
                 labels="hide",
                 add_length=True,
                 cache_dir=os.path.join(self.args.output_dir, PSEUDO_LABELS_DIR, "cache"),
+                **self._prepare_kwargs(),
             )
         return prepared
 
