@@ -586,7 +586,19 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Prot
         # Only training logs (they carry "loss") fold the metrics in: every process logs those at the same step.
         if self.consistency is not None and "loss" in logs:
             logs.update(self.consistency.pop_metrics())
-        super().log(logs, start_time)
+        # Each round is a new `Trainer.train()`, whose step counter starts again at 0: log at the run's step (the
+        # earlier rounds' steps added) so that the rounds follow each other on TensorBoard's and W&B's x axis instead
+        # of being drawn over each other. Only the logs see it: checkpoints and resume count the round's own steps.
+        round_step = self.state.global_step
+        self.state.global_step = round_step + self._logged_step_offset()
+        try:
+            super().log(logs, start_time)
+        finally:
+            self.state.global_step = round_step
+
+    def _logged_step_offset(self) -> int:
+        """The optimizer steps of the rounds before the current one: what [`log`] adds to the round's step."""
+        return sum(r.get("train_steps", 0) for r in self.self_training_history if r["round"] < self.current_round)
 
     def _check_collapse(self, record: dict, class_counts: list[int]):
         alarm = collapse_alarm(class_counts, self.class_prior, self.args.collapse_alarm_margin)

@@ -138,10 +138,14 @@ def test_one_seed_gives_one_result(tmp_path, tokenizer):
 
 class TrainBegins(TrainerCallback):
     def __init__(self, trainer):
-        self.trainer, self.rounds_and_steps = trainer, []
+        self.trainer, self.rounds_and_steps, self.round_end_logs = trainer, [], []
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.rounds_and_steps.append((self.trainer.current_round, state.global_step))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if "self_training_round" in logs:
+            self.round_end_logs.append((logs["self_training_round"], state.global_step))
 
 
 def run_then_resume(tmp_path, tokenizer, checkpoint: str, **config):
@@ -167,6 +171,22 @@ def test_resume_from_a_given_checkpoint_with_reset_students(tmp_path, tokenizer)
     expected, got, starts = run_then_resume(tmp_path, tokenizer, "round-1/checkpoint-4", **config)
     assert starts == [(1, 4)]  # round 0 skipped, round 1 continued after step 4
     assert_same_outcome(got, expected)
+
+
+def test_a_resumed_run_logs_at_the_steps_of_the_uninterrupted_one(tmp_path, tokenizer):
+    # Logs are drawn at the run's step (the earlier rounds' steps added): a resumed run must count the rounds it skipped.
+    config = dict(save_strategy="steps", save_steps=4)
+    runs = []
+    for resume in (None, str(tmp_path / "round-1" / "checkpoint-4")):
+        trainer = build(tmp_path, tokenizer, **config)
+        starts = TrainBegins(trainer)
+        trainer.add_callback(starts)
+        trainer.train(resume_from_checkpoint=resume)
+        runs.append(starts.round_end_logs)
+    uninterrupted, resumed = runs
+    steps = [r["train_steps"] for r in trainer.self_training_history]
+    assert uninterrupted == [(r, sum(steps[: r + 1])) for r in range(len(steps))]
+    assert resumed == uninterrupted[1:]  # round 0 is not trained (nor logged) again
 
 
 def test_resume_inside_a_round_stretched_by_min_steps_per_round(tmp_path, tokenizer):

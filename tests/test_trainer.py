@@ -375,3 +375,37 @@ def test_evaluate_and_predict_take_raw_text(tmp_path, tokenizer):
     texts_only = trainer.predict(held_out.remove_columns("label"))
     np.testing.assert_allclose(texts_only.predictions, with_labels.predictions, rtol=1e-6)
     assert texts_only.label_ids is None
+
+
+def test_logs_follow_one_step_counter_across_rounds(tmp_path, tokenizer):
+    # TensorBoard and W&B plot each log at `state.global_step`: every round's `Trainer.train()` restarts it at 0, so
+    # without an offset the rounds' curves were drawn over each other.
+    class RecordSteps(TrainerCallback):
+        def __init__(self):
+            self.steps = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.steps.append((state.global_step, dict(logs)))
+
+    recorder = RecordSteps()
+    trainer = SemiSupervisedTrainer(
+        make_model(),
+        tiny_config(tmp_path, self_training_rounds=2, logging_steps=1, confidence_threshold=0.01),
+        train_dataset=toy_dataset(16),
+        eval_dataset=toy_dataset(16, seed=1),
+        processing_class=tokenizer,
+        unlabeled_dataset=toy_dataset(32, seed=2),
+        callbacks=[recorder],
+    )
+    trainer.train()
+    steps = [r["train_steps"] for r in trainer.self_training_history]
+    assert len(steps) == 3 and min(steps) > 0
+    loss_steps = [step for step, logs in recorder.steps if "loss" in logs]
+    assert loss_steps == list(range(1, sum(steps) + 1))
+    round_ends = [(step, logs["self_training_round"]) for step, logs in recorder.steps if "num_pseudo_labels" in logs]
+    assert round_ends == [(sum(steps[: r + 1]), r) for r in range(3)]
+    # The round's own counter is untouched: checkpoints and resume count it.
+    assert trainer.state.global_step == steps[-1]
+    # A log after training (here an evaluation) comes at the run's last step.
+    trainer.evaluate()
+    assert recorder.steps[-1][0] == sum(steps) and "eval_loss" in recorder.steps[-1][1]
