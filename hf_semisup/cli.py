@@ -79,6 +79,9 @@ def _arrange_help(parser: ArgumentParser):
     semi = parser.add_argument_group("semi-supervised options (SemiSupervisedConfig)")
     rest = parser.add_argument_group("training options (transformers.TrainingArguments)")
     for action in list(first._group_actions):
+        if action.dest == "output_dir":
+            # The field's default is `None`, which `TrainingArguments` turns into "trainer_output": say so in the help.
+            action.default = "trainer_output"
         if action.dest in ("help", "config", "output_dir"):
             continue
         first._group_actions.remove(action)

@@ -406,6 +406,8 @@ def test_help_documents_every_option(capsys):
     argv = ["--model_name_or_path", "m", "--train_file", "t.csv", "--self_training_rounds", "3"]
     data_args, _, config = parse_train_args(make_train_parser(), argv)
     assert data_args.train_file == "t.csv" and config.self_training_rounds == 3
+    # The help gives the output folder a run without `--output_dir` writes to, not the field's `None`.
+    assert "written. (default: trainer_output)" in help_text and config.output_dir == "trainer_output"
 
     with pytest.raises(SystemExit):
         main(["--help"])
