@@ -195,6 +195,14 @@ def encode_labels(values, label2id: dict, num_labels: int, name: str, label_colu
                 f"{num_labels} classes (0..{num_labels - 1})."
             )
         ids.append(int(value))
+    numbered = any(isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in values)
+    if numbered and not all(str(key) == f"LABEL_{i}" for key, i in label2id.items()):
+        # Usually right (class ids in the model's order), but silently wrong if the file numbers them otherwise.
+        order = ", ".join(f"{i} = {key!r}" for key, i in sorted(label2id.items(), key=lambda item: item[1]))
+        logger.warning(
+            f"The {name}'s label column {label_column!r} holds class ids (integers) while the model's classes have "
+            f"names: read as {order}. If it numbers the classes in another order, give the class names instead."
+        )
     return ids
 
 

@@ -241,3 +241,18 @@ def test_a_misspelt_metric_for_best_model_fails_before_training(tmp_path, tokeni
         train_dataset=toy_dataset(8), eval_dataset=toy_dataset(8, seed=1), processing_class=tokenizer,
         compute_metrics=lambda prediction: {"recall": 1.0},
     )  # fmt: skip
+
+
+def test_class_ids_beside_class_names_are_flagged(tmp_path, tokenizer, caplog):
+    # Labeled set with class names, eval set with integers: read as ids in the model's order, which may not be the
+    # file's.
+    with caplog.at_level(logging.WARNING, logger="hf_semisup"):
+        build(tmp_path, tokenizer, eval_dataset=toy_dataset(8, seed=2, names=None))
+    assert "eval set (`eval_dataset`)'s label column 'label' holds class ids" in caplog.text
+    assert "read as 0 = 'negative', 1 = 'positive'" in caplog.text
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_semisup"):
+        build(tmp_path, tokenizer, eval_dataset=toy_dataset(8, seed=2))  # class names throughout
+        build(tmp_path, tokenizer, train_dataset=toy_dataset(8, names=None), eval_dataset=toy_dataset(8, names=None))
+    assert "class ids" not in caplog.text
