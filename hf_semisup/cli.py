@@ -21,7 +21,7 @@ from .arguments import DataArguments, ModelArguments
 from .checkpointing import find_latest_state
 from .config import SemiSupervisedConfig
 from .data import prepare_dataset
-from .loading import load_splits
+from .loading import load_splits, split_sources
 from .modeling import check_local_path, file_location_kwargs, head_label_kwargs, load_classifier
 from .report import CHART_NAME, plot_rounds, round_table, summary_metric
 from .trainer import SemiSupervisedTrainer
@@ -190,6 +190,26 @@ def load_model(model_args: ModelArguments, labeled, config: SemiSupervisedConfig
     return tokenizer, model
 
 
+def _name_the_sources(message: str, data_args: DataArguments, sources: dict, per_round: str | None) -> str:
+    """
+    The trainer's errors name its arguments (`eval_dataset`, ...): add the file or split each one came from, which is
+    what a command-line user knows.
+    """
+    pool = sources.get("unlabeled")
+    if data_args.num_labeled_per_class is not None:
+        pool = f"the rows of {sources['train']} not drawn by `--num_labeled_per_class`" + (
+            f" and {pool}" if pool else ""
+        )
+    train = sources["train"]
+    if data_args.num_labeled_per_class is not None:
+        train = f"the rows `--num_labeled_per_class` drew from {train}"
+    given = {"train_dataset": train, "eval_dataset": sources.get(per_round), "unlabeled_dataset": pool}
+    for argument, source in given.items():
+        if source is not None:
+            message = message.replace(f"(`{argument}`)", f"(`{argument}`, from {source})")
+    return message
+
+
 def build_trainer(data_args: DataArguments, model_args: ModelArguments, config: SemiSupervisedConfig):
     """
     Load and check the data and the model, and build the trainer: every input error surfaces here, before training.
@@ -215,14 +235,18 @@ def build_trainer(data_args: DataArguments, model_args: ModelArguments, config: 
         )
 
     tokenizer, model = load_model(model_args, splits["train"], config)
-    trainer = SemiSupervisedTrainer(
-        model,
-        config,
-        train_dataset=splits["train"],
-        eval_dataset=splits.get(per_round),
-        processing_class=tokenizer,
-        unlabeled_dataset=pool if config.self_training_rounds > 0 else None,
-    )
+    sources = split_sources(data_args)
+    try:
+        trainer = SemiSupervisedTrainer(
+            model,
+            config,
+            train_dataset=splits["train"],
+            eval_dataset=splits.get(per_round),
+            processing_class=tokenizer,
+            unlabeled_dataset=pool if config.self_training_rounds > 0 else None,
+        )
+    except ValueError as error:
+        raise ValueError(_name_the_sources(str(error), data_args, sources, per_round)) from error
     held_out = {}
     with config.main_process_first(desc="tokenizing the held-out sets"):
         for split in ("validation", "test"):
@@ -232,7 +256,7 @@ def build_trainer(data_args: DataArguments, model_args: ModelArguments, config: 
                 held_out[split], _ = prepare_dataset(
                     splits[split],
                     tokenizer,
-                    name=f"{split} set",
+                    name=f"{split} set ({sources[split]})",
                     text_column=config.text_column,
                     label_column=config.label_column,
                     label2id=model.config.label2id,

@@ -91,6 +91,23 @@ def _merge_pools(rest, unlabeled, text_column: str, label_column: str):
     return datasets.concatenate_datasets([rest, unlabeled.select_columns(columns).cast(rest.features)])
 
 
+def split_sources(data_args) -> dict[str, str]:
+    """
+    Where each split [`load_splits`] reads comes from, as errors name it: `"train"`, `"unlabeled"`, `"validation"`,
+    `"test"` (with a Hub dataset, a split it lacks has a source all the same).
+    """
+    sources = {}
+    if data_args.dataset_name is not None:
+        hub_names = {"train": "train", "validation": "validation", "test": "test"}
+        hub_names["unlabeled"] = data_args.unlabeled_split_name or "unlabeled"
+        sources = {split: f"split {name!r} of {data_args.dataset_name!r}" for split, name in hub_names.items()}
+    for split, flag in FILE_FLAGS.items():
+        path = getattr(data_args, flag)
+        if path is not None:
+            sources[split] = f"`--{flag}` {path!r}"
+    return sources
+
+
 def load_splits(data_args, text_column: str, label_column: str, cache_dir: str | None = None) -> dict:
     """
     Read the data of `hf-semisup train` and sample its labeled set.
@@ -107,16 +124,12 @@ def load_splits(data_args, text_column: str, label_column: str, cache_dir: str |
         `"validation"` and `"test"`. A held-out split whose labels are all missing (-1 or empty, as on the test split
         of GLUE) is left out with a warning.
     """
-    sources = {}
-    splits = {}
-    if data_args.dataset_name is not None:
-        splits = _load_hub_splits(data_args, cache_dir)
-        sources = {split: f"split {split!r} of {data_args.dataset_name!r}" for split in splits}
+    sources = split_sources(data_args)
+    splits = _load_hub_splits(data_args, cache_dir) if data_args.dataset_name is not None else {}
     for split, flag in FILE_FLAGS.items():
         path = getattr(data_args, flag)
         if path is not None:
             splits[split] = read_data_file(path, flag, cache_dir)
-            sources[split] = f"`--{flag}` {path!r}"
     if "train" not in splits:
         raise ValueError(f"{data_args.dataset_name!r} has no 'train' split; give the labeled set with `--train_file`.")
 

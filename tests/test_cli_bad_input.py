@@ -157,11 +157,13 @@ def test_labels_that_cannot_train_a_classifier(capsys, tmp_path, tiny_model_dir)
     # A row without a label is named as such, not blamed on a valid row (names: the class list skips it; ints: the
     # column reads as floats).
     names = ["negative", "positive", "negative", None, "positive", "negative"]
+    names_file = write_labeled(tmp_path / "names.csv", names)
     fails(
         capsys,
-        [*base, write_labeled(tmp_path / "names.csv", names)],
+        [*base, names_file],
         "no label (empty, None or -1) in row 3:",
         "'label'",
+        f"(`train_dataset`, from `--train_file` {names_file!r})",  # the file the user gave, not only the argument
     )
     ints = [0, 1, 0, 1, None, 1]
     fails(
@@ -173,6 +175,25 @@ def test_labels_that_cannot_train_a_classifier(capsys, tmp_path, tiny_model_dir)
 
     mixed = write_labeled(tmp_path / "mixed.jsonl", ["negative", 1, "negative", "positive"], suffix=".jsonl")
     fails(capsys, [*base, mixed], "'label' mixes class names and other values", "'negative'", "1")
+
+
+def test_label_errors_name_the_file(capsys, tmp_path, tiny_model_dir):
+    train = write_labeled(tmp_path / "train.csv", ["negative", "positive"] * 4)
+    odd = write_labeled(tmp_path / "odd.csv", ["negative", "neutral", "positive"])
+    base = ["--model_name_or_path", tiny_model_dir, "--train_file", train, "--self_training_rounds", "0"]
+    fails(
+        capsys,
+        [*base, "--validation_file", odd],
+        "label 'neutral' at row 1",
+        f"(`eval_dataset`, from `--validation_file` {odd!r})",
+    )
+    # The test set, read beside a validation set, is checked by the command itself.
+    fails(
+        capsys,
+        [*base, "--validation_file", train, "--test_file", odd],
+        f"test set (`--test_file` {odd!r})",
+        "label 'neutral' at row 1",
+    )
 
 
 def test_checkpoint_head_of_another_size(capsys, tmp_path, tiny_model_dir):
