@@ -641,7 +641,7 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Prot
         for round_ in range(resumed.round if resumed else 0, self.args.self_training_rounds + 1):
             self.current_round = round_
             here = resumed if resumed is not None and resumed.round == round_ else None
-            record = self._round_record = {"round": round_, "threshold": self.args.confidence_threshold}
+            record = self._round_record = {"round": round_, "threshold": None}  # set by a round's selection
             self._pseudo_labels_file = None
             if round_ == 0:
                 self.train_dataset = self.labeled_dataset

@@ -117,7 +117,8 @@ def test_self_training_on_a_learnable_task(tmp_path, tokenizer):
         for key in ("num_pseudo_labels", "pseudo_label_class_counts", "threshold", "eval_accuracy", "eval_f1"):
             assert key in record
     assert history[0]["num_pseudo_labels"] == 0
-    assert history[1]["num_pseudo_labels"] > 50
+    assert history[0]["threshold"] is None  # round 0 selects nothing: no threshold to report
+    assert history[1]["threshold"] == 0.9 and history[1]["num_pseudo_labels"] > 50
     assert history[1]["pseudo_label_accuracy"] > 0.8  # chance is 0.5
     assert sum(history[1]["pseudo_label_class_counts"].values()) == history[1]["num_pseudo_labels"]
     # Class balance: the accepted set follows the 50/50 labeled prior, not the pool's 70/30.
@@ -129,6 +130,7 @@ def test_self_training_on_a_learnable_task(tmp_path, tokenizer):
         assert json.load(f) == json.loads(json.dumps(history))
     logged = [log for log in trainer.state.log_history if "num_pseudo_labels" in log]
     assert logged and logged[-1]["self_training_round"] == 2
+    assert "pseudo_label_threshold" in logged[-1]
     assert logged[-1]["num_pseudo_labels"] == history[2]["num_pseudo_labels"]
     # The record's other figures reach the loggers too.
     for key, name in {
