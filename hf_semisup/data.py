@@ -21,7 +21,11 @@ def is_tokenized(dataset) -> bool:
 
 def has_default_label_names(config) -> bool:
     """True when `config.id2label` holds only the placeholder names `LABEL_0`, `LABEL_1`, ..."""
-    id2label = getattr(config, "id2label", None) or {}
+    return are_placeholder_names(getattr(config, "id2label", None) or {})
+
+
+def are_placeholder_names(id2label: dict) -> bool:
+    """True when the class names of `id2label` are `PretrainedConfig`'s placeholders `LABEL_0`, `LABEL_1`, ..."""
     return all(str(name) == f"LABEL_{i}" for i, name in id2label.items())
 
 
@@ -196,9 +200,10 @@ def encode_labels(values, label2id: dict, num_labels: int, name: str, label_colu
             )
         ids.append(int(value))
     numbered = any(isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in values)
-    if numbered and not all(str(key) == f"LABEL_{i}" for key, i in label2id.items()):
+    id2label = {i: name for name, i in label2id.items()}
+    if numbered and not are_placeholder_names(id2label):
         # Usually right (class ids in the model's order), but silently wrong if the file numbers them otherwise.
-        order = ", ".join(f"{i} = {key!r}" for key, i in sorted(label2id.items(), key=lambda item: item[1]))
+        order = ", ".join(f"{i} = {id2label[i]!r}" for i in sorted(id2label))
         logger.warning(
             f"The {name}'s label column {label_column!r} holds class ids (integers) while the model's classes have "
             f"names: read as {order}. If it numbers the classes in another order, give the class names instead."
