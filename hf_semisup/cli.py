@@ -1,6 +1,7 @@
 """The `hf-semisup` command line: `train` on any data and model, and `demo`, the offline quickstart."""
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import logging
@@ -210,6 +211,27 @@ def _name_the_sources(message: str, data_args: DataArguments, sources: dict, per
     return message
 
 
+@contextlib.contextmanager
+def _warnings_renamed(rename):
+    """While inside, the library's log records pass through `rename` (their message) on the way to every handler."""
+
+    class Rename(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if record.name.split(".")[0] == __package__:
+                record.msg, record.args = rename(record.getMessage()), None
+            return True
+
+    # Handlers, not loggers: a logger's filters do not apply to its children (`hf_semisup.data`, ...).
+    handlers, rename_filter = list(logging.getLogger().handlers), Rename()
+    for handler in handlers:
+        handler.addFilter(rename_filter)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(rename_filter)
+
+
 def build_trainer(data_args: DataArguments, model_args: ModelArguments, config: SemiSupervisedConfig):
     """
     Load and check the data and the model, and build the trainer: every input error surfaces here, before training.
@@ -237,14 +259,15 @@ def build_trainer(data_args: DataArguments, model_args: ModelArguments, config: 
     tokenizer, model = load_model(model_args, splits["train"], config)
     sources = split_sources(data_args)
     try:
-        trainer = SemiSupervisedTrainer(
-            model,
-            config,
-            train_dataset=splits["train"],
-            eval_dataset=splits.get(per_round),
-            processing_class=tokenizer,
-            unlabeled_dataset=pool if config.self_training_rounds > 0 else None,
-        )
+        with _warnings_renamed(lambda message: _name_the_sources(message, data_args, sources, per_round)):
+            trainer = SemiSupervisedTrainer(
+                model,
+                config,
+                train_dataset=splits["train"],
+                eval_dataset=splits.get(per_round),
+                processing_class=tokenizer,
+                unlabeled_dataset=pool if config.self_training_rounds > 0 else None,
+            )
     except ValueError as error:
         raise ValueError(_name_the_sources(str(error), data_args, sources, per_round)) from error
     held_out = {}

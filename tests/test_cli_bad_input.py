@@ -1,11 +1,12 @@
 """Bad input to `hf-semisup train`: one clear line on stderr naming what is wrong, a non-zero exit, no traceback."""
 
 import json
+import logging
 
 import pytest
 from conftest import make_model, make_tokenizer, tiny_config, toy_rows
 
-from hf_semisup.cli import main
+from hf_semisup.cli import build_trainer, main, make_train_parser, parse_train_args
 
 
 @pytest.fixture
@@ -194,6 +195,20 @@ def test_label_errors_name_the_file(capsys, tmp_path, tiny_model_dir):
         f"test set (`--test_file` {odd!r})",
         "label 'neutral' at row 1",
     )
+
+
+def test_warnings_name_the_file(caplog, tmp_path, tiny_model_dir):
+    train = write_labeled(tmp_path / "train.csv", ["negative", "positive"] * 4)
+    numbered = write_labeled(tmp_path / "numbered.csv", [0, 1, 1])  # ids beside the train file's names: a warning
+    argv = ["--model_name_or_path", tiny_model_dir, "--train_file", train, "--validation_file", numbered]
+    argv += ["--self_training_rounds", "0", "--output_dir", str(tmp_path / "out"), "--report_to", "none"]
+    filters = [list(handler.filters) for handler in logging.getLogger().handlers]
+    with caplog.at_level(logging.WARNING, logger="hf_semisup"):
+        build_trainer(*parse_train_args(make_train_parser(), argv))
+    named = f"(`eval_dataset`, from `--validation_file` {numbered!r})'s label column 'label' holds class ids"
+    assert named in caplog.text
+    # Only while the trainer is built: the logging set-up is left as it was.
+    assert [list(handler.filters) for handler in logging.getLogger().handlers] == filters
 
 
 def test_checkpoint_head_of_another_size(capsys, tmp_path, tiny_model_dir):
