@@ -154,9 +154,10 @@ def drop_labeled_duplicates(labeled, unlabeled, text_column: str):
     if len(rows) == 0:
         return unlabeled
     shown = ", ".join(str(r) for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+    left = "; nothing is left: is it the labeled set again?" if len(rows) == len(unlabeled) else "."
     logger.warning(
         f"{len(rows)} row(s) of the unlabeled set (`unlabeled_dataset`) repeat a text of the labeled set (rows "
-        f"{shown}); they are dropped from the pool."
+        f"{shown}); they are dropped from the pool{left}"
     )
     return unlabeled.select(np.flatnonzero(~shared))
 

@@ -118,6 +118,12 @@ def test_texts_shared_by_the_labeled_set_and_the_pool_are_dropped_from_the_pool(
     assert trainer.unlabeled_gold_labels.tolist() == gold
     assert trainer.pseudo_label()["text"][:] == [texts[i] for i in kept]
 
+    # The labeled set given as the pool too: every row is dropped, and the warning says so before the empty-pool error.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hf_semisup"), pytest.raises(ValueError, match="is empty"):
+        build(tmp_path, tokenizer, train_dataset=labeled, unlabeled_dataset=labeled)
+    assert "8 row(s) of the unlabeled set" in caplog.text and "nothing is left" in caplog.text
+
 
 def test_model_classes_without_a_labeled_example(tmp_path, tokenizer):
     ints = Dataset.from_dict({"text": ["good", "bad", "fine"], "label": [0, 1, 1]})
