@@ -196,14 +196,10 @@ def _name_the_sources(message: str, data_args: DataArguments, sources: dict, per
     The trainer's errors name its arguments (`eval_dataset`, ...): add the file or split each one came from, which is
     what a command-line user knows.
     """
-    pool = sources.get("unlabeled")
-    if data_args.num_labeled_per_class is not None:
-        pool = f"the rows of {sources['train']} not drawn by `--num_labeled_per_class`" + (
-            f" and {pool}" if pool else ""
-        )
-    train = sources["train"]
-    if data_args.num_labeled_per_class is not None:
-        train = f"the rows `--num_labeled_per_class` drew from {train}"
+    train, pool = sources["train"], sources.get("unlabeled")
+    if data_args.num_labeled_per_class is not None:  # the labeled set and the pool are two parts of the train set
+        rest = f"the rows of {train} not drawn by `--num_labeled_per_class`"
+        train, pool = f"the rows `--num_labeled_per_class` drew from {train}", rest + (f" and {pool}" if pool else "")
     given = {"train_dataset": train, "eval_dataset": sources.get(per_round), "unlabeled_dataset": pool}
     for argument, source in given.items():
         if source is not None:
