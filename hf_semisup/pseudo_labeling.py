@@ -16,6 +16,8 @@ from .data import LENGTH_COLUMN, MODEL_INPUT_COLUMNS
 from .selection import select_pseudo_labels  # noqa: F401  (its home before selection.py)
 
 
+# Under `output_dir`: each round's `round-<r>.parquet` and the tokenized pool's cache.
+PSEUDO_LABELS_DIR = "pseudo_labels"
 # A streamed (`IterableDataset`) pool is read this many batches per process at a time: enough rows that sorting them
 # by length pads little, few enough that a chunk's tokens weigh nothing next to the model.
 STREAM_CHUNK_BATCHES = 32

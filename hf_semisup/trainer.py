@@ -1,7 +1,6 @@
 import logging
 import math
 import os
-from collections import Counter
 
 import datasets
 import numpy as np
@@ -15,12 +14,10 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer import TRAINING_ARGS_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, enable_full_determinism
+from transformers.trainer_utils import TrainOutput, enable_full_determinism
 
-from .adapters import is_peft_model, load_trainable_state, prepare_peft_model, save_merged_model, trainable_state
-from .checkpointing import SelfTrainingCheckpointMixin, deterministic_metrics, load_pseudo_labels, write_json_atomic
-from .compat import upload_ignoring
+from .adapters import is_peft_model, load_trainable_state, prepare_peft_model, trainable_state
+from .checkpointing import SelfTrainingCheckpointMixin, deterministic_metrics, load_pseudo_labels
 from .config import DEFAULT_CONSISTENCY_WEIGHT, SemiSupervisedConfig
 from .consistency import CONSISTENCY_KEY, ConsistencyRegularizer
 from .data import (
@@ -31,27 +28,25 @@ from .data import (
     label_names_of,
     prepare_dataset,
     prepare_stream,
-    pseudo_labeled_rows,
     warn_on_unknown_tokens,
 )
 from .embedding_teacher import PrototypeTeacherMixin
-from .guards import NonFiniteError, check_finite_model, collapse_alarm, gathered_loss
-from .metrics import DEFAULT_METRIC_NAMES, accuracy, compute_classification_metrics
-from .model_card import write_model_card
+from .guards import NonFiniteError, check_finite_model, gathered_loss
+from .hub import HubMixin
+from .metrics import DEFAULT_METRIC_NAMES, compute_classification_metrics
 from .modeling import align_label_names, check_local_path, file_location_kwargs, head_label_kwargs, load_classifier
-from .pseudo_labeling import PseudoLabels, predict_pool, save_pseudo_labels
-from .rounds import HISTORY_NAME, RoundHistoryMixin, synchronize_record
-from .selection import select, selection_thresholds
-from .soft_labels import SOFT_TARGET_COLUMNS, one_hot_targets, pop_soft_targets, soft_cross_entropy, with_soft_targets
+from .pseudo_labeling import PSEUDO_LABELS_DIR
+from .rounds import RoundHistoryMixin, synchronize_record
+from .self_training import SelfTrainingMixin
+from .soft_labels import SOFT_TARGET_COLUMNS, pop_soft_targets, soft_cross_entropy
 
 
 logger = logging.getLogger(__name__)
 
-PSEUDO_LABELS_DIR = "pseudo_labels"
-HUB_IGNORE_PATTERNS = ["round-*", f"{PSEUDO_LABELS_DIR}/*"]
 
-
-class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, PrototypeTeacherMixin, Trainer):
+class SemiSupervisedTrainer(
+    SelfTrainingCheckpointMixin, RoundHistoryMixin, SelfTrainingMixin, PrototypeTeacherMixin, HubMixin, Trainer
+):
     r"""
     A [`~transformers.Trainer`] for sequence classification that also learns from unlabeled text by iterative
     self-training.
@@ -356,7 +351,7 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Prot
         else:
             self.model.load_state_dict(state)
 
-    # ---- Pseudo-labeling --------------------------------------------------------------------------------------------
+    # ---- Raw-text evaluation and prediction -------------------------------------------------------------------------
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         """[`~transformers.Trainer.evaluate`], on raw-text datasets too (tokenized and label-mapped as in `__init__`)."""
         eval_dataset = self._prepare_raw(eval_dataset, "eval set (`eval_dataset`)", labels="train")
@@ -383,160 +378,6 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Prot
             num_labels=self.model.config.num_labels,
             max_length=self.args.max_length,
         )
-
-    def _tokenize_for_prediction(self, dataset):
-        name = "dataset to pseudo-label"
-        if isinstance(dataset, datasets.IterableDataset):
-            text_column, max_length = self.args.text_column, self.args.max_length
-            return prepare_stream(
-                dataset, self.processing_class, name=name, text_column=text_column, max_length=max_length
-            )
-        with self.args.main_process_first(desc="tokenizing the dataset to pseudo-label"):
-            prepared, _ = prepare_dataset(
-                dataset,
-                name=name,
-                labels="hide",
-                add_length=True,
-                cache_dir=os.path.join(self.args.output_dir, PSEUDO_LABELS_DIR, "cache"),
-                **self._prepare_kwargs(),
-            )
-        return prepared
-
-    def _predict(self, prepared, top_k: int | None = None) -> PseudoLabels:
-        self._move_model_to_device(self.model, self.args.device)
-        return predict_pool(
-            self.model,
-            prepared,
-            self.data_collator,
-            self.accelerator,
-            self.args.per_device_eval_batch_size,
-            top_k=self.args.pseudo_label_top_k if top_k is None else top_k,
-            desc=f"Pseudo-labeling (round {self.current_round})",
-            disable_tqdm=self.args.disable_tqdm,
-        )
-
-    def pseudo_label(
-        self, dataset: datasets.Dataset | datasets.IterableDataset | None = None
-    ) -> datasets.Dataset | datasets.IterableDataset:
-        """
-        The current model's prediction for every row of `dataset` (default: the unlabeled set), in order. Call it on
-        every process: each labels its share and all return the same result.
-
-        Returns:
-            [`~datasets.Dataset`] (or [`~datasets.IterableDataset`] for one): `dataset` with more columns:
-            `pseudo_label` (`int`, the argmax class), `confidence` (`float`, the top softmax probability) and, when
-            `args.pseudo_label_top_k` is set, `top_k_labels` and `top_k_probabilities`.
-        """
-        if dataset is None:
-            if self.unlabeled_dataset is None:
-                raise ValueError(
-                    "`pseudo_label()` needs a dataset: none was given and there is no `unlabeled_dataset`."
-                )
-            source, prepared = self.unlabeled_source, self.unlabeled_dataset
-        else:
-            source, prepared = dataset, self._tokenize_for_prediction(dataset)
-        pseudo_labels = self._predict(prepared)
-        columns = pseudo_labels.columns()
-        columns["pseudo_label"] = columns.pop("label")
-        if isinstance(source, datasets.IterableDataset):
-
-            def add_columns(batch, indices):
-                return {name: values.take(indices).to_pylist() for name, values in columns.items()}
-
-            return source.map(add_columns, with_indices=True, batched=True)
-        source = source.remove_columns([c for c in columns if c in source.column_names])
-        for name, values in columns.items():
-            source = source.add_column(name, values)
-        return source
-
-    def _label_and_select(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """
-        The current model's `(labels, confidences)` for the pool, the selected rows, and with `soft_pseudo_labels`
-        every row's full distribution (else `None`).
-        """
-        self.self_training_phase = "labeling"
-        num_labels = self.model.config.num_labels
-        # Soft targets need every class's probability: the pass keeps all of them, sorted, as its top-k.
-        top_k = num_labels if self.args.soft_pseudo_labels else self.args.pseudo_label_top_k
-        if self.current_round == 1 and self.args.first_teacher == "embeddings":
-            pseudo_labels = self._predict_with_prototypes(top_k)
-        else:
-            pseudo_labels = self._predict(self.unlabeled_dataset, top_k=top_k)
-        labels, confidences = pseudo_labels.labels, pseudo_labels.confidences
-        self.self_training_phase = "selecting"
-        selected = self._select(labels, confidences).selected
-        if self.args.save_pseudo_labels and self.args.should_save:
-            path = os.path.join(self.args.output_dir, PSEUDO_LABELS_DIR, f"round-{self.current_round}.parquet")
-            save_pseudo_labels(path, pseudo_labels, selected)
-        probabilities = pseudo_labels.probabilities(num_labels) if self.args.soft_pseudo_labels else None
-        return labels, confidences, selected, probabilities
-
-    def _select(self, labels: np.ndarray, confidences: np.ndarray):
-        """This round's [`~hf_semisup.selection.Selection`] by `args.selection_strategy`."""
-        return select(
-            self.args.selection_strategy,
-            labels,
-            confidences,
-            num_labels=self.model.config.num_labels,
-            confidence_threshold=self.args.confidence_threshold,
-            class_prior=self.class_prior if self.args.class_balance else None,
-            max_pseudo_labels=self.args.max_pseudo_labels,
-            round_=self.current_round,
-            pseudo_label_fraction=self.args.pseudo_label_fraction,
-        )
-
-    def _pseudo_labeled_train_set(self, record: dict, pseudo_labels=None) -> datasets.Dataset:
-        """
-        Fill in `record` and return labeled + selected rows, from `pseudo_labels` (`(labels, confidences, selected,
-        probabilities)`, e.g. restored from a checkpoint) or, by default, from labeling the pool with the current model
-        now. With `soft_pseudo_labels`, the rows carry soft targets and weights.
-        """
-        pseudo_labels = pseudo_labels if pseudo_labels is not None else self._label_and_select()
-        labels, confidences, selected, probabilities = pseudo_labels
-        labels_dir = os.path.join(self.args.output_dir, PSEUDO_LABELS_DIR)
-        id2label = self.model.config.id2label
-        counts = Counter(labels[selected].tolist())
-        record["num_pseudo_labels"] = len(selected)
-        threshold, class_thresholds = selection_thresholds(
-            self.args.selection_strategy,
-            labels,
-            confidences,
-            selected,
-            num_labels=len(id2label),
-            confidence_threshold=self.args.confidence_threshold,
-        )
-        record["threshold"] = threshold
-        if class_thresholds is not None:
-            record["class_thresholds"] = {str(id2label[c]): float(t) for c, t in enumerate(class_thresholds)}
-        record["pseudo_label_class_counts"] = {str(id2label[c]): counts.get(c, 0) for c in range(len(id2label))}
-        record["num_confident"] = int((confidences >= self.args.confidence_threshold).sum())
-        record["mean_confidence"] = float(confidences.mean())
-        if self.unlabeled_gold_labels is not None:
-            gold = self.unlabeled_gold_labels
-            record["pseudo_label_accuracy"] = accuracy(labels[selected], gold[selected]) if len(selected) else None
-            record["teacher_pool_accuracy"] = accuracy(labels, gold)
-        self._check_collapse(record, [counts.get(c, 0) for c in range(len(id2label))])
-        if len(selected) == 0:
-            logger.warning(f"Round {record['round']}: no pseudo-label passed the selection; training on labeled data.")
-            return self.labeled_dataset
-        # The main process writes the selected rows to a cache file first, the others then map it.
-        with self.args.main_process_first(desc="pseudo-labeled train set"):
-            pseudo = pseudo_labeled_rows(
-                self.unlabeled_dataset,
-                labels,
-                selected,
-                stream_cache=os.path.join(labels_dir, "cache", f"round-{record['round']}-train.arrow"),
-                write=self.accelerator.is_local_main_process,
-            )
-            if pseudo.features != self.labeled_dataset.features:
-                pseudo = pseudo.cast(self.labeled_dataset.features)
-        if not self.args.soft_pseudo_labels:
-            return datasets.concatenate_datasets([self.labeled_dataset, pseudo])
-        # `pseudo` holds the selected rows in selection order, or in pool order when read back from a stream.
-        order = np.sort(selected) if isinstance(self.unlabeled_dataset, datasets.IterableDataset) else selected
-        pseudo = with_soft_targets(pseudo, probabilities[order], confidences[order])
-        labeled = one_hot_targets(self.labeled_dataset, len(id2label))
-        return datasets.concatenate_datasets([labeled, pseudo])
 
     # ---- Consistency hooks ------------------------------------------------------------------------------------------
     @property
@@ -599,24 +440,6 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Prot
     def _logged_step_offset(self) -> int:
         """The optimizer steps of the rounds before the current one: what [`log`] adds to the round's step."""
         return sum(r.get("train_steps", 0) for r in self.self_training_history if r["round"] < self.current_round)
-
-    def _check_collapse(self, record: dict, class_counts: list[int]):
-        alarm = collapse_alarm(class_counts, self.class_prior, self.args.collapse_alarm_margin)
-        record["collapse_alarm"] = alarm is not None
-        if alarm is not None:
-            class_id, share = alarm
-            name = str(self.model.config.id2label[class_id])
-            record["collapse_alarm_class"], record["collapse_alarm_share"] = name, share
-            logger.warning(
-                f"Round {record['round']}: pseudo-label collapse alarm: {share:.0%} of the {sum(class_counts)} accepted "
-                f"pseudo-labels are {name!r}, whose labeled share is {self.class_prior[class_id]:.0%} (more than "
-                f"`collapse_alarm_margin`={self.args.collapse_alarm_margin} above it)."
-                + (
-                    ""
-                    if self.args.class_balance
-                    else " Consider `class_balance=True`, which keeps the labeled shares."
-                )
-            )
 
     # ---- Round loop ---------------------------------------------------------------------------------------------------
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
@@ -708,85 +531,6 @@ class SemiSupervisedTrainer(SelfTrainingCheckpointMixin, RoundHistoryMixin, Prot
         if not self._user_optimizers:
             self.optimizer, self.lr_scheduler = None, None
         self.model_wrapped = self.model  # a fresh DDP wrapper for the new optimizer
-
-    # ---- Saving and the Hub -------------------------------------------------------------------------------------------
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        """
-        Save the model (the adapter with PEFT, or the merged model if `args.save_merged_model`) and tokenizer; outside
-        checkpoints also `self_training_history.json` and the model card. Pushes when `args.push_to_hub` is set.
-        """
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        # Checkpoints keep the adapter so training can resume from them; the card describes a finished model.
-        final = not os.path.basename(os.path.normpath(output_dir)).startswith(f"{PREFIX_CHECKPOINT_DIR}-")
-        model = self.accelerator.unwrap_model(self.model)
-        if final and self.args.save_merged_model and is_peft_model(model):
-            if self.args.should_save:
-                os.makedirs(output_dir, exist_ok=True)
-                save_merged_model(model, output_dir)
-                if self.processing_class is not None:
-                    self.processing_class.save_pretrained(output_dir)
-                torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
-        else:
-            super().save_model(output_dir, _internal_call=True)
-        if final and self.is_world_process_zero():
-            write_json_atomic(os.path.join(output_dir, HISTORY_NAME), self.self_training_history)
-            write_model_card(self, output_dir)
-        if self.args.push_to_hub and not _internal_call:
-            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
-
-    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
-        """[`~transformers.Trainer.init_hf_repo`], its failure (offline, no token, no right to the repo) in one line."""
-        try:
-            super().init_hf_repo(token=token, private=private)
-        except Exception as error:  # `huggingface_hub` and `httpx` errors share no base class short of `Exception`
-            repo = self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
-            reason = next(iter(str(error).strip().splitlines()), "") or type(error).__name__
-            raise ValueError(
-                f"`push_to_hub`=True, but the Hub repo {repo!r} could not be created or reached ({type(error).__name__}: "
-                f"{reason}). Check the network and the token (`hub_token` or `hf auth login`), or set "
-                "`push_to_hub=False` and push later."
-            ) from error
-
-    def push_to_hub(self, *args, **kwargs):
-        # Round checkpoints and pseudo-label files (with the tokenized pool's cache) are working files, not the model.
-        with upload_ignoring(HUB_IGNORE_PATTERNS):
-            return super().push_to_hub(*args, **kwargs)
-
-    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        with upload_ignoring(HUB_IGNORE_PATTERNS):
-            return super()._push_from_checkpoint(checkpoint_folder)
-
-    def create_model_card(
-        self,
-        language: str | None = None,
-        license: str | None = None,
-        tags: str | list[str] | None = None,
-        model_name: str | None = None,
-        finetuned_from: str | None = None,
-        tasks: str | list[str] | None = None,
-        dataset_tags: str | list[str] | None = None,
-        dataset: str | list[str] | None = None,
-        dataset_args: str | list[str] | None = None,
-    ):
-        """
-        Write the semi-supervised model card to `output_dir/README.md` (main process only); see
-        [`~hf_semisup.model_card.build_model_card`] for the arguments. `tasks` is ignored: the task is always
-        text classification.
-        """
-        if not self.is_world_process_zero():
-            return
-        write_model_card(
-            self,
-            self.args.output_dir,
-            language=language,
-            license=license,
-            tags=tags,
-            model_name=model_name,
-            finetuned_from=finetuned_from,
-            dataset_tags=dataset_tags,
-            dataset=dataset,
-            dataset_args=dataset_args,
-        )
 
     def _seed_round(self, round_: int):
         # Each round starts from its own seed, so its training depends only on its inputs, never on how much randomness
