@@ -24,7 +24,11 @@ accuracy), and every system is scored on the whole test file, which nothing ever
 - fraction-0.2: one-epoch students with a fifth of the pool more each round;
 - fraction-0.2-3-epochs: the defaults before `student_epochs` existed (a fifth of the pool more each round, students
   train `num_train_epochs`);
-- setfit: SetFit with the same MiniLM body, when the `setfit` package is installed.
+- setfit: SetFit with the same MiniLM body, when the `setfit` package is installed;
+- frozen-probe: no fine-tuning, a logistic regression on the frozen MiniLM's sentence embeddings (mean-pooled, what the
+  defaults' first teacher compares) of the `--ceiling-size` labeled rows: what the encoder's own embedding space
+  separates with thousands of labels, a reference for what any teacher built in it from a few labels can reach;
+  frozen-probe-labeled: the same logistic regression on the labeled examples only.
 
 Prints a markdown table (mean +- std over seeds of accuracy and macro-F1, wall time, pseudo-label accuracy per round,
 gap closed = (system - supervised) / (ceiling - supervised)), and writes `results.json` (every run) and
@@ -47,6 +51,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import datasets  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForSequenceClassification,
@@ -57,6 +62,7 @@ from transformers import (  # noqa: E402
 )
 
 from hf_semisup import SemiSupervisedConfig, SemiSupervisedTrainer  # noqa: E402
+from hf_semisup.embedding_teacher import mean_pooled_embeddings  # noqa: E402
 from hf_semisup.metrics import accuracy, macro_f1  # noqa: E402
 
 
@@ -115,6 +121,8 @@ SYSTEMS = {
         },
     ),
     "setfit": ("setfit", {}),
+    "frozen-probe": ("probe", {"rows": "ceiling"}),
+    "frozen-probe-labeled": ("probe", {"rows": "labeled"}),
 }
 # Self-training alone and the consistency loss alone, beside the defaults that combine them.
 DEFAULT_SYSTEMS = ["supervised", "defaults", "self-training", "consistency", "ceiling"]
@@ -313,6 +321,44 @@ def run_setfit(split: Split, seed: int, args, model_path: str) -> dict:
     return {"test": {"accuracy": accuracy(predictions, references), "f1": macro_f1(predictions, references)}}
 
 
+def embed(model, dataset: datasets.Dataset, tokenizer, max_length: int, batch_size: int = 64) -> torch.Tensor:
+    collator = DataCollatorWithPadding(tokenizer)
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            texts = dataset[start : start + batch_size]["text"]
+            inputs = collator([tokenizer(text, truncation=True, max_length=max_length) for text in texts])
+            chunks.append(mean_pooled_embeddings(model, dict(inputs)))
+    return torch.cat(chunks)
+
+
+def run_probe(split: Split, rows: str, seed: int, args, model_path: str, tokenizer) -> dict:
+    """
+    L2-regularized logistic regression (sklearn's objective at C=1, full-batch L-BFGS) on the frozen encoder's
+    embeddings of `rows` ('ceiling' or 'labeled'), scored on the test set.
+    """
+    train = getattr(split, rows)
+    model = load_model(model_path, split.labeled, seed).eval()
+    label2id = model.config.label2id
+    features = embed(model, train, tokenizer, args.max_length)
+    targets = torch.tensor([label2id[label] for label in train["label"]])
+    linear = torch.nn.Linear(features.shape[1], len(label2id))
+    optimizer = torch.optim.LBFGS(linear.parameters(), max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(linear(features), targets)
+        loss = loss + linear.weight.pow(2).sum() / (2 * len(targets))
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        predictions = linear(embed(model, split.test, tokenizer, args.max_length)).argmax(-1).tolist()
+    references = [label2id[label] for label in split.test["label"]]
+    return {"test": {"accuracy": accuracy(predictions, references), "f1": macro_f1(predictions, references)}}
+
+
 def run(system: str, split: Split, seed: int, args, model_path: str, tokenizer) -> dict:
     kind, overrides = SYSTEMS[system]
     start = time.perf_counter()
@@ -322,6 +368,8 @@ def run(system: str, split: Split, seed: int, args, model_path: str, tokenizer) 
         result = run_plain(split, split.ceiling, seed, args, model_path, tokenizer)
     elif kind == "semisup":
         result = run_semisup(split, overrides, seed, args, model_path, tokenizer)
+    elif kind == "probe":
+        result = run_probe(split, overrides["rows"], seed, args, model_path, tokenizer)
     else:
         result = run_setfit(split, seed, args, model_path)
     result["seconds"] = time.perf_counter() - start

@@ -162,3 +162,21 @@ def test_default_system_lists_train_no_configuration_twice(systems, tmp_path):
     both, _ = label_efficiency.semisup_overrides(label_efficiency.SYSTEMS["both"][1], args)
     both = SemiSupervisedConfig(**{**label_efficiency.base_settings(args, str(tmp_path)), **both}).to_dict()
     assert (both, False) in configs
+
+
+def test_frozen_probe_fits_the_rows_it_names_and_scores_the_test_set(tmp_path, tokenizer):
+    from conftest import make_model, toy_dataset
+
+    model_path = str(tmp_path / "model")
+    make_model().save_pretrained(model_path)
+    ceiling, test = toy_dataset(400, seed=1), toy_dataset(200, seed=2)
+    # Two labeled rows, one of each class: a logistic regression on them alone is a coin toss beside 400 rows.
+    labeled = ceiling.select([ceiling["label"].index("negative"), ceiling["label"].index("positive")])
+    split = label_efficiency.Split(labeled, ceiling, ceiling, test)
+    args = type("Args", (), {"max_length": 32})()
+
+    many = label_efficiency.run_probe(split, "ceiling", 0, args, model_path, tokenizer)["test"]
+    few = label_efficiency.run_probe(split, "labeled", 0, args, model_path, tokenizer)["test"]
+    assert many["accuracy"] >= 0.75, many
+    assert many["accuracy"] > few["accuracy"] + 0.1, (many, few)
+    assert set(many) == {"accuracy", "f1"}
