@@ -81,7 +81,18 @@ def prepare_peft_model(model, peft_config):
     head = [name for name in head_module_names(model) if name not in listed]
     if head:
         peft_config.modules_to_save = [*(peft_config.modules_to_save or []), *head]
-    model = get_peft_model(model, peft_config)
+    try:
+        model = get_peft_model(model, peft_config)
+    except ValueError as error:
+        if not peft_config.target_modules:
+            raise
+        # peft's own message names neither the modules asked for nor the ones there are.
+        linear = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        reason = str(error).strip().split(". ")[0].rstrip(".")
+        raise ValueError(
+            f"`peft_config.target_modules`={sorted(peft_config.target_modules)!r} could not be adapted in "
+            f"{type(model).__name__} ({reason}); its linear layers are named {sorted(linear)}."
+        ) from error
     check_peft_trainable(model)
     return model
 

@@ -207,6 +207,12 @@ def test_ready_peft_model_is_trained_as_given(tmp_path):
     [
         ({"r": 8}, "`peft_config` must be a `peft.PeftConfig`"),
         (LoraConfig(task_type="CAUSAL_LM"), "`peft_config.task_type` must be 'SEQ_CLS'.*'CAUSAL_LM'"),
+        # A decoder's module names on BERT: the message names them and the layers BERT has.
+        (
+            LoraConfig(target_modules=["q_proj", "v_proj"]),
+            r"`peft_config.target_modules`=\['q_proj', 'v_proj'\] could not be adapted in "
+            r"BertForSequenceClassification .*'query'.*'value'",
+        ),
     ],
 )
 def test_bad_peft_config_raises(tmp_path, peft_config, match):
