@@ -20,6 +20,7 @@ import sys
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
 from hf_semisup import SemiSupervisedTrainer
+from hf_semisup.arguments import get_peft_config
 from hf_semisup.cli import make_train_parser, parse_train_args, resume_target
 from hf_semisup.data import label_names_of
 from hf_semisup.loading import load_splits
@@ -56,6 +57,7 @@ def main(data_args, model_args, training_args):
         eval_dataset=splits.get(eval_split),
         processing_class=tokenizer,
         unlabeled_dataset=splits.get("unlabeled"),
+        peft_config=get_peft_config(model_args),  # --use_peft: a LoRA adapter and the head train, the base is frozen
     )
     # --resume_from_checkpoint true (or a checkpoint folder) continues an interrupted run.
     trainer.train(resume_from_checkpoint=resume_target(training_args))

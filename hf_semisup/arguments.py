@@ -1,7 +1,7 @@
 """The data and model arguments of `hf-semisup train`, parsed with `HfArgumentParser` beside `SemiSupervisedConfig`."""
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from .loading import FILE_BUILDERS, FILE_FLAGS
 
@@ -143,6 +143,20 @@ class ModelArguments:
             Allow running modeling code from the model's Hub repository. Only enable it for repositories you trust.
         cache_dir (`str` or `None`, *optional*, defaults to `None`):
             Where downloaded models and datasets are cached (default: the Hugging Face cache).
+        use_peft (`bool`, *optional*, defaults to `False`):
+            Train a LoRA adapter and the classification head instead of the whole model (see [`get_peft_config`]);
+            the base model stays frozen. `save_model` writes the adapter, or the merged model with
+            `--save_merged_model`.
+        lora_r (`int`, *optional*, defaults to `16`):
+            The rank of the LoRA update matrices.
+        lora_alpha (`int`, *optional*, defaults to `32`):
+            LoRA's scaling numerator: the update is scaled by `lora_alpha / lora_r`.
+        lora_dropout (`float`, *optional*, defaults to `0.05`):
+            Dropout on the LoRA layers' input.
+        lora_target_modules (`list[str]` or `None`, *optional*, defaults to `None`):
+            The modules to adapt (e.g. `query value`); `None` lets peft choose its default for the architecture.
+        lora_modules_to_save (`list[str]` or `None`, *optional*, defaults to `None`):
+            More modules to train in full beside the adapter (the classification head always trains).
     """
 
     _argument_group_name = "model arguments"
@@ -171,7 +185,67 @@ class ModelArguments:
         default=None, metadata={"help": "Where downloaded models and datasets are cached (default: the HF cache)."}
     )
 
+    use_peft: bool = field(
+        default=False,
+        metadata={
+            "help": "Train a LoRA adapter and the classification head instead of the whole model (the base stays "
+            "frozen)."
+        },
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (with --use_peft)."})
+    lora_alpha: int = field(
+        default=32, metadata={"help": "LoRA alpha: the update is scaled by lora_alpha / lora_r (with --use_peft)."}
+    )
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA layers (with --use_peft)."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "The modules to adapt, e.g. 'query value' (with --use_peft; default: peft's choice for the "
+            "architecture)."
+        },
+    )
+    lora_modules_to_save: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "More modules to train in full beside the adapter; the classification head always trains (with "
+            "--use_peft)."
+        },
+    )
+
     def __post_init__(self):
         # Not a required dataclass field: argparse would then refuse a value given only in the --config file.
         if not self.model_name_or_path:
             raise ValueError("`model_name_or_path` is required: a Hub model id or a local model folder.")
+        for name, minimum in (("lora_r", 1), ("lora_alpha", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"`lora_dropout` must be in [0, 1), got {self.lora_dropout!r}.")
+        if not self.use_peft:
+            defaults = {f.name: f.default for f in fields(self) if f.name.startswith("lora_")}
+            changed = [name for name, default in defaults.items() if getattr(self, name) != default]
+            if changed:
+                raise ValueError(
+                    f"`{changed[0]}`={getattr(self, changed[0])!r} applies to a LoRA adapter only: add `use_peft` to "
+                    "train one (the whole model trains otherwise)."
+                )
+
+
+def get_peft_config(model_args: ModelArguments):
+    """
+    The [`~peft.LoraConfig`] that `model_args` asks for (task type `SEQ_CLS`, so peft also trains the classification
+    head), or `None` without `use_peft`: what [`SemiSupervisedTrainer`] takes as `peft_config`.
+    """
+    if not model_args.use_peft:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        task_type="SEQ_CLS",
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=model_args.lora_target_modules,
+        modules_to_save=model_args.lora_modules_to_save,
+    )

@@ -18,7 +18,8 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from .arguments import DataArguments, ModelArguments
+from .adapters import is_peft_model
+from .arguments import DataArguments, ModelArguments, get_peft_config
 from .checkpointing import find_latest_state
 from .config import SemiSupervisedConfig
 from .data import prepare_dataset
@@ -194,7 +195,7 @@ def load_model(model_args: ModelArguments, labeled, config: SemiSupervisedConfig
 def _name_the_sources(message: str, data_args: DataArguments, sources: dict, per_round: str | None) -> str:
     """
     The trainer's errors name its arguments (`eval_dataset`, ...): add the file or split each one came from, which is
-    what a command-line user knows.
+    what a command-line user knows; `peft_config.target_modules` is `--lora_target_modules` here.
     """
     train, pool = sources["train"], sources.get("unlabeled")
     if data_args.num_labeled_per_class is not None:  # the labeled set and the pool are two parts of the train set
@@ -204,7 +205,7 @@ def _name_the_sources(message: str, data_args: DataArguments, sources: dict, per
     for argument, source in given.items():
         if source is not None:
             message = message.replace(f"(`{argument}`)", f"(`{argument}`, from {source})")
-    return message
+    return message.replace("`peft_config.target_modules`", "`--lora_target_modules`")
 
 
 @contextlib.contextmanager
@@ -263,6 +264,7 @@ def build_trainer(data_args: DataArguments, model_args: ModelArguments, config: 
                 eval_dataset=splits.get(per_round),
                 processing_class=tokenizer,
                 unlabeled_dataset=pool if config.self_training_rounds > 0 else None,
+                peft_config=get_peft_config(model_args),
             )
     except ValueError as error:
         raise ValueError(_name_the_sources(str(error), data_args, sources, per_round)) from error
@@ -352,7 +354,13 @@ def train_and_report(trainer: SemiSupervisedTrainer, held_out: dict, resume_from
         print(f"Chart: {plot_rounds(history, metric, os.path.join(args.output_dir, CHART_NAME), per_round)}")
     except ImportError as error:
         print(f"No chart: {error}")
-    print(f"Model, tokenizer and label names saved in {args.output_dir}/")
+    if is_peft_model(trainer.model) and not args.save_merged_model:
+        print(
+            f"LoRA adapter, classification head and tokenizer saved in {args.output_dir}/ (the base model is not "
+            f"copied; its README.md shows how to load them with the label names)"
+        )
+    else:
+        print(f"Model, tokenizer and label names saved in {args.output_dir}/")
     return results
 
 

@@ -165,6 +165,47 @@ def test_resume_an_interrupted_run_from_the_command_line(workspace, tmp_path, ca
     assert (output_dir / "model.safetensors").read_bytes() == weights
 
 
+def test_lora_from_the_command_line(workspace, tmp_path):
+    from peft import AutoPeftModelForSequenceClassification
+
+    output_dir = tmp_path / "lora"
+    lora = ["--use_peft", "--lora_r", "4", "--lora_alpha", "8", "--lora_target_modules", "query", "value"]
+    argv = ["train", *data_flags(workspace), "--self_training_rounds", "1", "--output_dir", str(output_dir), *lora]
+    code, stdout = run_main(argv + TINY_TRAINING)
+    assert code == 0
+    assert len(table_rows(stdout)) == 2
+    assert "LoRA adapter, classification head and tokenizer saved in" in stdout
+
+    # The adapter is what was saved, as asked for; the base model is not copied.
+    with open(output_dir / "adapter_config.json") as f:
+        adapter = json.load(f)
+    assert (adapter["r"], adapter["lora_alpha"], adapter["task_type"]) == (4, 8, "SEQ_CLS")
+    assert sorted(adapter["target_modules"]) == ["query", "value"]
+    assert "classifier" in adapter["modules_to_save"]
+    assert not (output_dir / "model.safetensors").exists()
+
+    # The base stayed frozen; the adapter and the head trained, and they are the model the final metrics describe.
+    id2label = {0: "negative", 1: "positive"}
+    model = AutoPeftModelForSequenceClassification.from_pretrained(
+        str(output_dir), id2label=id2label, label2id={v: k for k, v in id2label.items()}
+    ).eval()
+    base = AutoModelForSequenceClassification.from_pretrained(str(workspace / "tiny"), num_labels=2)
+    trained_base = model.get_base_model()
+    assert torch.equal(trained_base.bert.encoder.layer[0].attention.self.query.base_layer.weight,
+                       base.bert.encoder.layer[0].attention.self.query.weight)  # fmt: skip
+    assert all(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)  # initialized to zeros
+    tokenizer = AutoTokenizer.from_pretrained(str(output_dir))
+    test = Dataset.from_parquet(str(workspace / "test.parquet"))
+    with torch.no_grad():
+        logits = model(
+            **tokenizer(list(test["text"]), padding=True, truncation=True, max_length=32, return_tensors="pt")
+        )
+    predictions = [id2label[i] for i in logits.logits.argmax(-1).tolist()]
+    with open(output_dir / "all_results.json") as f:
+        results = json.load(f)
+    assert np.mean([p == t for p, t in zip(predictions, test["label"])]) == pytest.approx(results["test_accuracy"])
+
+
 def test_supervised_only_equals_round_zero(workspace, trained):
     """The demo reports round 0 as the supervised-only baseline: it must be exactly a 0-round run."""
     _, _, history, _ = trained
@@ -310,6 +351,23 @@ def test_model_init_kwargs_reach_the_model_tokenizer_and_config(tmp_path):
     tokenizer, model = load_model(model_args, Dataset.from_dict(toy_rows(8, seed=0)), config)
     assert model.config.hidden_dropout_prob == 0.0 != make_model().config.hidden_dropout_prob
     assert tokenizer.get_vocab() == make_tokenizer(str(tmp_path)).get_vocab()
+
+
+def test_lora_options_from_a_config_file(tmp_path):
+    from hf_semisup.arguments import get_peft_config
+
+    (tmp_path / "run.yaml").write_text(
+        "model_name_or_path: some/model\ntrain_file: data.csv\nuse_peft: true\nlora_r: 4\n"
+        "lora_target_modules: [query, value]\n"
+    )
+    _, model_args, _ = parse(["--config", str(tmp_path / "run.yaml"), "--output_dir", str(tmp_path)])
+    lora = get_peft_config(model_args)
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout, lora.task_type) == (4, 32, 0.05, "SEQ_CLS")
+    assert lora.target_modules == {"query", "value"}
+    _, model_args, _ = parse(["--config", str(tmp_path / "run.yaml"), "--lora_target_modules", "key"])
+    assert get_peft_config(model_args).target_modules == {"key"}
+    _, model_args, _ = parse(["--model_name_or_path", "some/model", "--train_file", "data.csv"])
+    assert get_peft_config(model_args) is None  # the whole model trains
 
 
 def test_config_file_and_command_line_precedence(tmp_path):

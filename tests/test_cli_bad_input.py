@@ -85,6 +85,9 @@ def test_bad_option_values(capsys, train_file):
     fails(capsys, [*base, "--max_seq_length", "1"], "max_seq_length", "1")
     fails(capsys, [*base, "--model_init_kwargs", '{"num_labels": 3}'], "model_init_kwargs", "num_labels")
     fails(capsys, [*base, "--model_init_kwargs", '{"dtype": float32}'], "model_init_kwargs", "not valid JSON")
+    fails(capsys, [*base, "--lora_r", "8"], "`lora_r`=8", "use_peft")  # would train the whole model, silently
+    fails(capsys, [*base, "--use_peft", "--lora_r", "0"], "lora_r", "0")
+    fails(capsys, [*base, "--use_peft", "--lora_dropout", "1.0"], "lora_dropout", "1.0")
 
 
 def test_model_init_kwargs_the_model_cannot_take(capsys, tmp_path, train_file):
@@ -262,3 +265,9 @@ def test_nothing_to_resume(capsys, tmp_path, train_file):
     assert "--resume_from_checkpoint" in err and "nothing to resume" in err and empty in err
     missing = str(tmp_path / "no-checkpoint")
     fails(capsys, [*base, "--resume_from_checkpoint", missing], "--resume_from_checkpoint", missing, "not a folder")
+
+
+def test_lora_target_modules_the_model_does_not_have(capsys, tmp_path, tiny_model_dir, train_file):
+    argv = ["--model_name_or_path", tiny_model_dir, "--train_file", train_file, "--num_labeled_per_class", "4"]
+    argv += ["--use_cpu", "--report_to", "none", "--use_peft", "--lora_target_modules", "q_proj", "v_proj"]
+    fails(capsys, argv, "`--lora_target_modules`=['q_proj', 'v_proj']", "'query'", "'value'")
