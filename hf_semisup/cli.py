@@ -357,7 +357,7 @@ def train_and_report(trainer: SemiSupervisedTrainer, held_out: dict, resume_from
     if is_peft_model(trainer.model) and not args.save_merged_model:
         print(
             f"LoRA adapter, classification head and tokenizer saved in {args.output_dir}/ (the base model is not "
-            f"copied; its README.md shows how to load them with the label names)"
+            "copied; its README.md shows how to load them with the label names)"
         )
     else:
         print(f"Model, tokenizer and label names saved in {args.output_dir}/")
