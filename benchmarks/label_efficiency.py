@@ -28,7 +28,10 @@ accuracy), and every system is scored on the whole test file, which nothing ever
 - frozen-probe: no fine-tuning, a logistic regression on the frozen MiniLM's sentence embeddings (mean-pooled, what the
   defaults' first teacher compares) of the `--ceiling-size` labeled rows: what the encoder's own embedding space
   separates with thousands of labels, a reference for what any teacher built in it from a few labels can reach;
-  frozen-probe-labeled: the same logistic regression on the labeled examples only.
+  frozen-probe-labeled: the same logistic regression on the labeled examples only;
+- gold-teacher: the defaults with round 1 labeled not by class prototypes but by that logistic regression trained on
+  gold labels, cross-fitted (each half of the pool labeled by the regression fitted on the other half): what the loop
+  makes of the best first teacher this embedding space gives, a diagnostic (it reads the pool's hidden labels).
 
 Prints a markdown table (mean +- std over seeds of accuracy and macro-F1, wall time, pseudo-label accuracy per round,
 gap closed = (system - supervised) / (ceiling - supervised)), and writes `results.json` (every run) and
@@ -38,6 +41,7 @@ gap closed = (system - supervised) / (ceiling - supervised)), and writes `result
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import statistics
@@ -64,6 +68,7 @@ from transformers import (  # noqa: E402
 from hf_semisup import SemiSupervisedConfig, SemiSupervisedTrainer  # noqa: E402
 from hf_semisup.embedding_teacher import mean_pooled_embeddings  # noqa: E402
 from hf_semisup.metrics import accuracy, macro_f1  # noqa: E402
+from hf_semisup.pseudo_labeling import PseudoLabels  # noqa: E402
 
 
 SYSTEMS = {
@@ -123,6 +128,7 @@ SYSTEMS = {
     "setfit": ("setfit", {}),
     "frozen-probe": ("probe", {"rows": "ceiling"}),
     "frozen-probe-labeled": ("probe", {"rows": "labeled"}),
+    "gold-teacher": ("gold-teacher", {}),
 }
 # Self-training alone and the consistency loss alone, beside the defaults that combine them.
 DEFAULT_SYSTEMS = ["supervised", "defaults", "self-training", "consistency", "ceiling"]
@@ -255,7 +261,9 @@ def semisup_overrides(overrides: dict, args) -> tuple[dict, bool]:
     return overrides, held_out
 
 
-def run_semisup(split: Split, overrides: dict, seed: int, args, model_path: str, tokenizer) -> dict:
+def run_semisup(
+    split: Split, overrides: dict, seed: int, args, model_path: str, tokenizer, trainer_class=SemiSupervisedTrainer
+) -> dict:
     overrides, held_out = semisup_overrides(overrides, args)
     labeled, eval_dataset = split.labeled, None
     if held_out:  # rollback judges rounds on a quarter of the labeled examples, never on the test set
@@ -266,7 +274,7 @@ def run_semisup(split: Split, overrides: dict, seed: int, args, model_path: str,
         settings["seed"] += seed
         config = SemiSupervisedConfig(**settings)
         model = load_model(model_path, split.labeled, config.seed)
-        trainer = SemiSupervisedTrainer(
+        trainer = trainer_class(
             model=model,
             args=config,
             train_dataset=labeled,
@@ -332,17 +340,9 @@ def embed(model, dataset: datasets.Dataset, tokenizer, max_length: int, batch_si
     return torch.cat(chunks)
 
 
-def run_probe(split: Split, rows: str, seed: int, args, model_path: str, tokenizer) -> dict:
-    """
-    L2-regularized logistic regression (sklearn's objective at C=1, full-batch L-BFGS) on the frozen encoder's
-    embeddings of `rows` ('ceiling' or 'labeled'), scored on the test set.
-    """
-    train = getattr(split, rows)
-    model = load_model(model_path, split.labeled, seed).eval()
-    label2id = model.config.label2id
-    features = embed(model, train, tokenizer, args.max_length)
-    targets = torch.tensor([label2id[label] for label in train["label"]])
-    linear = torch.nn.Linear(features.shape[1], len(label2id))
+def fit_logistic(features: torch.Tensor, targets: torch.Tensor, num_labels: int) -> torch.nn.Linear:
+    """L2-regularized logistic regression (sklearn's objective at C=1), fitted by full-batch L-BFGS."""
+    linear = torch.nn.Linear(features.shape[1], num_labels)
     optimizer = torch.optim.LBFGS(linear.parameters(), max_iter=500, line_search_fn="strong_wolfe")
 
     def closure():
@@ -353,10 +353,59 @@ def run_probe(split: Split, rows: str, seed: int, args, model_path: str, tokeniz
         return loss
 
     optimizer.step(closure)
+    return linear
+
+
+def run_probe(split: Split, rows: str, seed: int, args, model_path: str, tokenizer) -> dict:
+    """
+    L2-regularized logistic regression (sklearn's objective at C=1, full-batch L-BFGS) on the frozen encoder's
+    embeddings of `rows` ('ceiling' or 'labeled'), scored on the test set.
+    """
+    train = getattr(split, rows)
+    model = load_model(model_path, split.labeled, seed).eval()
+    label2id = model.config.label2id
+    features = embed(model, train, tokenizer, args.max_length)
+    linear = fit_logistic(features, torch.tensor([label2id[label] for label in train["label"]]), len(label2id))
     with torch.no_grad():
         predictions = linear(embed(model, split.test, tokenizer, args.max_length)).argmax(-1).tolist()
     references = [label2id[label] for label in split.test["label"]]
     return {"test": {"accuracy": accuracy(predictions, references), "f1": macro_f1(predictions, references)}}
+
+
+def cross_fitted_probabilities(split: Split, seed: int, args, model_path: str, tokenizer) -> dict[str, np.ndarray]:
+    """
+    Each pool text's class probabilities from a logistic regression on the frozen embeddings of the other half of the
+    pool, with their gold labels (two folds drawn with `seed`).
+    """
+    model = load_model(model_path, split.labeled, seed).eval()
+    label2id = model.config.label2id
+    features = embed(model, split.pool, tokenizer, args.max_length)
+    targets = torch.tensor([label2id[label] for label in split.pool["label"]])
+    fold = torch.as_tensor(np.random.default_rng(seed).permutation(len(targets)) % 2)
+    probabilities = torch.zeros(len(targets), len(label2id))
+    for held in (0, 1):
+        linear = fit_logistic(features[fold != held], targets[fold != held], len(label2id))
+        with torch.no_grad():
+            probabilities[fold == held] = linear(features[fold == held]).softmax(-1)
+    return dict(zip(split.pool["text"], probabilities.numpy()))
+
+
+class GoldFirstTeacher(SemiSupervisedTrainer):
+    """The trainer with round 1 labeled by given class probabilities (text -> probabilities) instead of prototypes."""
+
+    def __init__(self, *args, first_teacher_probabilities: dict[str, np.ndarray], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.first_teacher_probabilities = first_teacher_probabilities
+
+    def _predict_with_prototypes(self, top_k: int) -> PseudoLabels:
+        probabilities = np.stack([self.first_teacher_probabilities[t] for t in self.unlabeled_source["text"]])
+        order = np.argsort(-probabilities, axis=1)[:, :top_k] if top_k else None
+        return PseudoLabels(
+            labels=probabilities.argmax(-1).astype(np.int64),
+            confidences=probabilities.max(-1).astype(np.float32),
+            top_k_labels=order,
+            top_k_probabilities=None if order is None else np.take_along_axis(probabilities, order, axis=1),
+        )
 
 
 def run(system: str, split: Split, seed: int, args, model_path: str, tokenizer) -> dict:
@@ -370,6 +419,10 @@ def run(system: str, split: Split, seed: int, args, model_path: str, tokenizer) 
         result = run_semisup(split, overrides, seed, args, model_path, tokenizer)
     elif kind == "probe":
         result = run_probe(split, overrides["rows"], seed, args, model_path, tokenizer)
+    elif kind == "gold-teacher":
+        probabilities = cross_fitted_probabilities(split, seed, args, model_path, tokenizer)
+        teacher = functools.partial(GoldFirstTeacher, first_teacher_probabilities=probabilities)
+        result = run_semisup(split, overrides, seed, args, model_path, tokenizer, trainer_class=teacher)
     else:
         result = run_setfit(split, seed, args, model_path)
     result["seconds"] = time.perf_counter() - start

@@ -180,3 +180,35 @@ def test_frozen_probe_fits_the_rows_it_names_and_scores_the_test_set(tmp_path, t
     assert many["accuracy"] >= 0.75, many
     assert many["accuracy"] > few["accuracy"] + 0.1, (many, few)
     assert set(many) == {"accuracy", "f1"}
+
+
+def test_gold_first_teacher_labels_round_1_with_the_given_probabilities(tmp_path, tokenizer):
+    from conftest import make_model, tiny_config, toy_dataset
+
+    model_path = str(tmp_path / "model")
+    make_model().save_pretrained(model_path)
+    pool, labeled = toy_dataset(400, seed=1), toy_dataset(16, seed=3)
+    split = label_efficiency.Split(labeled, pool, pool, toy_dataset(10, seed=2))
+    args = type("Args", (), {"max_length": 32})()
+    # Cross-fitted: each half of the pool is labeled by the regression fitted on the other half's gold labels.
+    probabilities = label_efficiency.cross_fitted_probabilities(split, 0, args, model_path, tokenizer)
+    assert set(probabilities) == set(pool["text"])
+    names = ["negative", "positive"]
+    predicted = [names[int(np.argmax(probabilities[t]))] for t in pool["text"]]
+    assert np.mean([p == gold for p, gold in zip(predicted, pool["label"])]) >= 0.7
+
+    # Round 1 takes its labels from the given probabilities (here the gold labels themselves), not from prototypes.
+    gold = {t: np.eye(2)[names.index(label)] for t, label in zip(pool["text"], pool["label"])}
+    config = tiny_config(tmp_path / "run", first_teacher="embeddings", selection_strategy="topk", max_steps=2)
+    trainer = label_efficiency.GoldFirstTeacher(
+        model=make_model(),
+        args=config,
+        train_dataset=labeled,
+        unlabeled_dataset=pool,
+        processing_class=tokenizer,
+        first_teacher_probabilities=gold,
+    )
+    trainer.train()
+    round_1 = trainer.self_training_history[1]
+    assert round_1["teacher_pool_accuracy"] == 1.0 and round_1["pseudo_label_accuracy"] == 1.0
+    assert trainer.self_training_history[2]["teacher_pool_accuracy"] < 1.0  # later rounds: the student teaches
