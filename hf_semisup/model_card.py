@@ -298,7 +298,9 @@ def _eval_metrics(record: dict, eval_sets: dict) -> dict[str | None, dict[str, f
 def _eval_result(trainer, eval_name, data, metric, value, dataset_tags, dataset, dataset_args) -> EvalResult:
     dataset_type = dataset_tags[0] if dataset_tags else _dataset_id(data) or "unknown"
     default_name = eval_name or (dataset_type if dataset_type != "unknown" else "Unknown")
-    split = getattr(data, "split", None)
+    # Local files load as the `train` split of their builder whatever their role: only a Hub dataset's split says
+    # something.
+    split = getattr(data, "split", None) if _dataset_id(data) else None
     macro_f1 = metric == "f1" and trainer.compute_metrics is compute_classification_metrics
     return EvalResult(
         **TASK,

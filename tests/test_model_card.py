@@ -293,3 +293,23 @@ def test_method_gives_the_students_epochs(card_run, monkeypatch):
     monkeypatch.setattr(args, "max_steps", 10)
     text = str(build_model_card(card_run.trainer)).replace("\n  ", " ")
     assert "and STraTA." in text and "epoch on the labeled" not in text
+
+
+def test_model_index_split_is_a_hub_split_only(tmp_path):
+    import datasets
+
+    from hf_semisup.model_card import _eval_result
+
+    trainer = SimpleNamespace(compute_metrics=None)
+    # A validation file read with `load_dataset("json", ...)` is that builder's "train" split: not what was evaluated.
+    path = tmp_path / "validation.jsonl"
+    path.write_text('{"text": "good", "label": "positive"}\n')
+    local = datasets.load_dataset("json", data_files=str(path), split="train")
+    assert local.split == "train"
+    result = _eval_result(trainer, None, local, "accuracy", 0.9, None, None, None)
+    assert result.dataset_split is None and result.dataset_type == "unknown"
+    hub = datasets.Dataset.from_dict(
+        {"text": ["good"]}, info=datasets.DatasetInfo(dataset_name="stanfordnlp/imdb"), split="test"
+    )
+    result = _eval_result(trainer, None, hub, "accuracy", 0.9, None, None, None)
+    assert (result.dataset_split, result.dataset_type) == ("test", "stanfordnlp/imdb")
