@@ -172,9 +172,15 @@ def test_consistency_settings_and_citation_follow_the_config(card_run, monkeypat
     text = str(build_model_card(card_run.trainer))
     assert "**Consistency regularization:** weight 0.3" in text and "token dropout 0.15 (mask mode)" in text
     assert "xie2020uda" in text
+    # Round 0 learns from unlabeled texts too, through the consistency loss.
+    assert (
+        "Round 0 trains on labeled data only (with the\nconsistency loss on unlabeled texts, but no pseudo-labels)."
+        in text
+    )
     monkeypatch.setattr(args, "consistency_weight", 0.0)
     text = str(build_model_card(card_run.trainer))
     assert "**Consistency regularization:** off (weight 0" in text and "xie2020uda" not in text
+    assert "Round 0 trains on labeled data only. Pseudo-label accuracy" in text
 
 
 def test_selection_rule_follows_the_strategy(card_run, monkeypatch):
