@@ -357,10 +357,7 @@ def fit_logistic(features: torch.Tensor, targets: torch.Tensor, num_labels: int)
 
 
 def run_probe(split: Split, rows: str, seed: int, args, model_path: str, tokenizer) -> dict:
-    """
-    L2-regularized logistic regression (sklearn's objective at C=1, full-batch L-BFGS) on the frozen encoder's
-    embeddings of `rows` ('ceiling' or 'labeled'), scored on the test set.
-    """
+    """[`fit_logistic`] on the frozen encoder's embeddings of `rows` ('ceiling' or 'labeled'), scored on the test set."""
     train = getattr(split, rows)
     model = load_model(model_path, split.labeled, seed).eval()
     label2id = model.config.label2id
