@@ -206,6 +206,27 @@ def test_lora_from_the_command_line(workspace, tmp_path):
     assert np.mean([p == t for p, t in zip(predictions, test["label"])]) == pytest.approx(results["test_accuracy"])
 
 
+def test_resume_an_interrupted_lora_run(workspace, tmp_path):
+    # A preempted LoRA job: round 1's checkpoints hold the adapter, and resuming from one ends as the whole run did.
+    output_dir = tmp_path / "lora-resumable"
+    argv = ["train", *data_flags(workspace), "--self_training_rounds", "1", "--output_dir", str(output_dir)]
+    argv += [*TINY_TRAINING, "--save_strategy", "steps", "--save_steps", "5", "--use_peft", "--lora_r", "4"]
+    code, first = run_main(argv)
+    assert code == 0
+    history = json.loads((output_dir / "self_training_history.json").read_text())
+    results = deterministic_metrics(json.loads((output_dir / "all_results.json").read_text()))
+    adapter = (output_dir / "adapter_model.safetensors").read_bytes()
+
+    middle = output_dir / "round-1" / "checkpoint-5"
+    assert (middle / "adapter_model.safetensors").is_file() and not (middle / "model.safetensors").exists()
+    code, resumed = run_main([*argv, "--resume_from_checkpoint", str(middle)])
+    assert code == 0
+    assert json.loads((output_dir / "self_training_history.json").read_text()) == history
+    assert deterministic_metrics(json.loads((output_dir / "all_results.json").read_text())) == results
+    assert table_rows(resumed) == table_rows(first)
+    assert (output_dir / "adapter_model.safetensors").read_bytes() == adapter
+
+
 def test_supervised_only_equals_round_zero(workspace, trained):
     """The demo reports round 0 as the supervised-only baseline: it must be exactly a 0-round run."""
     _, _, history, _ = trained
