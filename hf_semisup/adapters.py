@@ -90,11 +90,16 @@ def prepare_peft_model(model, peft_config):
         linear = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
         reason = str(error).strip().split(". ")[0].rstrip(".")
         raise ValueError(
-            f"`peft_config.target_modules`={sorted(peft_config.target_modules)!r} could not be adapted in "
+            f"`peft_config.target_modules`={_listed(peft_config.target_modules)!r} could not be adapted in "
             f"{type(model).__name__} ({reason}); its linear layers are named {sorted(linear)}."
         ) from error
     check_peft_trainable(model)
     return model
+
+
+def _listed(names):
+    """`target_modules` as a message shows it: a set sorted, a regex string (peft takes one) as it is."""
+    return names if isinstance(names, str) else sorted(names)
 
 
 def head_module_names(model) -> list[str]:

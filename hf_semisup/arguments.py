@@ -216,6 +216,9 @@ class ModelArguments:
         # Not a required dataclass field: argparse would then refuse a value given only in the --config file.
         if not self.model_name_or_path:
             raise ValueError("`model_name_or_path` is required: a Hub model id or a local model folder.")
+        for name in ("lora_target_modules", "lora_modules_to_save"):
+            if isinstance(getattr(self, name), str):  # a single name written as a YAML scalar, not a list
+                setattr(self, name, [getattr(self, name)])
         for name, minimum in (("lora_r", 1), ("lora_alpha", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:

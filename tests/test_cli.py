@@ -387,6 +387,12 @@ def test_lora_options_from_a_config_file(tmp_path):
     assert lora.target_modules == {"query", "value"}
     _, model_args, _ = parse(["--config", str(tmp_path / "run.yaml"), "--lora_target_modules", "key"])
     assert get_peft_config(model_args).target_modules == {"key"}
+    # One module written as a YAML scalar is a list of one, not a string of letters.
+    (tmp_path / "one.yaml").write_text("model_name_or_path: some/model\ntrain_file: data.csv\nuse_peft: true\n"
+                                       "lora_target_modules: query\nlora_modules_to_save: pooler\n")  # fmt: skip
+    _, model_args, _ = parse(["--config", str(tmp_path / "one.yaml")])
+    assert (model_args.lora_target_modules, model_args.lora_modules_to_save) == (["query"], ["pooler"])
+    assert get_peft_config(model_args).target_modules == {"query"}
     _, model_args, _ = parse(["--model_name_or_path", "some/model", "--train_file", "data.csv"])
     assert get_peft_config(model_args) is None  # the whole model trains
 

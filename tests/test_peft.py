@@ -213,6 +213,8 @@ def test_ready_peft_model_is_trained_as_given(tmp_path):
             r"`peft_config.target_modules`=\['q_proj', 'v_proj'\] could not be adapted in "
             r"BertForSequenceClassification .*'query'.*'value'",
         ),
+        # peft also takes a regex string: the message shows it as written.
+        (LoraConfig(target_modules=r".*q_proj"), r"`peft_config.target_modules`='\.\*q_proj' could not be adapted"),
     ],
 )
 def test_bad_peft_config_raises(tmp_path, peft_config, match):
