@@ -69,6 +69,7 @@ from hf_semisup import SemiSupervisedConfig, SemiSupervisedTrainer  # noqa: E402
 from hf_semisup.embedding_teacher import mean_pooled_embeddings  # noqa: E402
 from hf_semisup.metrics import accuracy, macro_f1  # noqa: E402
 from hf_semisup.pseudo_labeling import PseudoLabels  # noqa: E402
+from hf_semisup.teachers import Teacher, register_teacher  # noqa: E402
 
 
 SYSTEMS = {
@@ -261,9 +262,7 @@ def semisup_overrides(overrides: dict, args) -> tuple[dict, bool]:
     return overrides, held_out
 
 
-def run_semisup(
-    split: Split, overrides: dict, seed: int, args, model_path: str, tokenizer, trainer_class=SemiSupervisedTrainer
-) -> dict:
+def run_semisup(split: Split, overrides: dict, seed: int, args, model_path: str, tokenizer) -> dict:
     overrides, held_out = semisup_overrides(overrides, args)
     labeled, eval_dataset = split.labeled, None
     if held_out:  # rollback judges rounds on a quarter of the labeled examples, never on the test set
@@ -274,7 +273,7 @@ def run_semisup(
         settings["seed"] += seed
         config = SemiSupervisedConfig(**settings)
         model = load_model(model_path, split.labeled, config.seed)
-        trainer = trainer_class(
+        trainer = SemiSupervisedTrainer(
             model=model,
             args=config,
             train_dataset=labeled,
@@ -387,15 +386,15 @@ def cross_fitted_probabilities(split: Split, seed: int, args, model_path: str, t
     return dict(zip(split.pool["text"], probabilities.numpy()))
 
 
-class GoldFirstTeacher(SemiSupervisedTrainer):
-    """The trainer with round 1 labeled by given class probabilities (text -> probabilities) instead of prototypes."""
+class GoldFirstTeacher(Teacher):
+    """A first teacher that labels the pool with given class probabilities (text -> probabilities)."""
 
-    def __init__(self, *args, first_teacher_probabilities: dict[str, np.ndarray], **kwargs):
-        super().__init__(*args, **kwargs)
-        self.first_teacher_probabilities = first_teacher_probabilities
+    def __init__(self, probabilities: dict[str, np.ndarray]):
+        self.probabilities = probabilities
 
-    def _predict_with_prototypes(self, top_k: int) -> PseudoLabels:
-        probabilities = np.stack([self.first_teacher_probabilities[t] for t in self.unlabeled_source["text"]])
+    def label(self, context) -> PseudoLabels:
+        probabilities = np.stack([self.probabilities[t] for t in context.pool_source["text"]])
+        top_k = context.top_k
         order = np.argsort(-probabilities, axis=1)[:, :top_k] if top_k else None
         return PseudoLabels(
             labels=probabilities.argmax(-1).astype(np.int64),
@@ -418,8 +417,8 @@ def run(system: str, split: Split, seed: int, args, model_path: str, tokenizer) 
         result = run_probe(split, overrides["rows"], seed, args, model_path, tokenizer)
     elif kind == "gold-teacher":
         probabilities = cross_fitted_probabilities(split, seed, args, model_path, tokenizer)
-        teacher = functools.partial(GoldFirstTeacher, first_teacher_probabilities=probabilities)
-        result = run_semisup(split, overrides, seed, args, model_path, tokenizer, trainer_class=teacher)
+        register_teacher("gold", functools.partial(GoldFirstTeacher, probabilities))
+        result = run_semisup(split, {**overrides, "first_teacher": "gold"}, seed, args, model_path, tokenizer)
     else:
         result = run_setfit(split, seed, args, model_path)
     result["seconds"] = time.perf_counter() - start

@@ -5,6 +5,7 @@ import logging
 import os
 
 import torch
+from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_SAFE_WEIGHTS_NAME,
@@ -167,16 +168,22 @@ def load_trainable_state(model, state: dict[str, torch.Tensor]):
         raise RuntimeError(f"Saved adapter weights match no parameter of the model: {result.unexpected_keys}.")
 
 
-def save_merged_model(model, output_dir: str, is_main_process: bool = True):
+def save_merged_model(model, output_dir: str, is_main_process: bool = True, tokenizer=None, training_args=None):
     """
-    Save a [`~peft.PeftModel`] as a plain `transformers` model with the adapter merged into the base weights.
+    Save a [`~peft.PeftModel`] as a plain `transformers` model with the adapter merged into the base weights, with the
+    `tokenizer` and `training_args` (as `Trainer.save_model` writes them) when given.
 
     The merge runs on a copy, so training can go on with the adapter; the copy holds a second set of weights while
     saving. Adapter files left in `output_dir` by an earlier save are removed, so `from_pretrained(output_dir)` loads
     the merged weights and not an adapter.
     """
+    os.makedirs(output_dir, exist_ok=True)
     merged = copy.deepcopy(model).merge_and_unload()
     merged.save_pretrained(output_dir, is_main_process=is_main_process)
+    if is_main_process and tokenizer is not None:
+        tokenizer.save_pretrained(output_dir)
+    if is_main_process and training_args is not None:
+        torch.save(training_args, os.path.join(output_dir, TRAINING_ARGS_NAME))
     if is_main_process:
         for name in (ADAPTER_CONFIG_NAME, ADAPTER_SAFE_WEIGHTS_NAME, ADAPTER_WEIGHTS_NAME):
             path = os.path.join(output_dir, name)

@@ -25,7 +25,8 @@ from .config import SemiSupervisedConfig
 from .data import prepare_dataset
 from .loading import load_splits, split_sources
 from .modeling import check_local_path, file_location_kwargs, head_label_kwargs, load_classifier
-from .report import CHART_NAME, plot_rounds, round_table, summary_metric
+from .outputs import CHART_NAME
+from .report import plot_rounds, round_table, summary_metric
 from .trainer import SemiSupervisedTrainer
 
 

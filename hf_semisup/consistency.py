@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 from transformers import DataCollatorWithPadding
 
+from .augment import Augmentation, TokenDropout
 from .data import MODEL_INPUT_COLUMNS
 from .soft_labels import soft_cross_entropy
 
@@ -40,127 +41,6 @@ def consistency_weight_at(step: int, weight: float, rampup_steps: int) -> float:
     return float(weight) * min(1.0, step / rampup_steps)
 
 
-# ---- Token dropout ---------------------------------------------------------------------------------------------------
-@dataclass
-class TokenDropout:
-    r"""
-    Drops tokens of a padded batch, never special tokens (CLS, SEP, padding, ...).
-
-    Each row draws its randoms from its own `torch.Generator`, one per real token in order, so a row's dropped positions
-    depend only on its seed and its tokens, not on the batch it is in or on how much it is padded.
-
-    Args:
-        probability (`float`):
-            Chance that each droppable token is dropped.
-        mode (`str`):
-            `"mask"` replaces dropped tokens by `replacement_id`; `"delete"` removes them and re-pads.
-        special_ids (`torch.Tensor`):
-            Token ids never dropped.
-        pad_token_id (`int`):
-            Id written into the padding that `"delete"` creates.
-        replacement_id (`int` or `None`):
-            The mask token (or the unknown token), required by `"mask"`.
-        padding_side (`str`):
-            `"right"` or `"left"`, as the tokenizer pads.
-    """
-
-    probability: float
-    mode: str
-    special_ids: torch.Tensor
-    pad_token_id: int
-    replacement_id: int | None = None
-    padding_side: str = "right"
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer, probability: float, mode: str) -> "TokenDropout":
-        if tokenizer is None or not hasattr(tokenizer, "all_special_ids"):
-            raise ValueError(
-                f"`consistency_weight` > 0 needs a tokenizer as `processing_class` (token dropout takes its special, "
-                f"mask and padding tokens from it), got {tokenizer!r}."
-            )
-        if tokenizer.pad_token_id is None:
-            raise ValueError(
-                f"`consistency_weight` > 0 needs a tokenizer with a padding token; {type(tokenizer).__name__} has none "
-                "(set `tokenizer.pad_token`)."
-            )
-        replacement_id = tokenizer.mask_token_id if tokenizer.mask_token_id is not None else tokenizer.unk_token_id
-        if mode == "mask" and replacement_id is None and probability > 0:
-            raise ValueError(
-                f"`token_dropout_mode`='mask' needs a mask or unknown token, and {type(tokenizer).__name__} has "
-                "neither: use `token_dropout_mode`='delete'."
-            )
-        special_ids = {tokenizer.pad_token_id, *tokenizer.all_special_ids}
-        return cls(
-            probability=probability,
-            mode=mode,
-            special_ids=torch.tensor(sorted(special_ids), dtype=torch.long),
-            pad_token_id=tokenizer.pad_token_id,
-            replacement_id=replacement_id,
-            padding_side=tokenizer.padding_side,
-        )
-
-    def __call__(self, batch: dict, seeds: list[int]) -> tuple[dict, int, int]:
-        """
-        Returns:
-            `(dropped, num_dropped, num_droppable)`: a new batch with the model inputs of `batch` (on the CPU), the
-            number of tokens dropped and the number that could have been.
-        """
-        input_ids = batch["input_ids"]
-        if len(seeds) != input_ids.shape[0]:
-            raise ValueError(f"Token dropout got {len(seeds)} seeds for a batch of {input_ids.shape[0]} rows.")
-        attention_mask = batch.get("attention_mask")
-        real = attention_mask.bool() if attention_mask is not None else input_ids.ne(self.pad_token_id)
-        droppable = real & ~torch.isin(input_ids, self.special_ids)
-        inputs = {k: v for k, v in batch.items() if k in MODEL_INPUT_COLUMNS}
-        if self.probability <= 0:
-            return inputs, 0, int(droppable.sum())
-
-        randoms = torch.ones(input_ids.shape)  # padding and special tokens are never below the probability
-        generator = torch.Generator()
-        for row, seed in enumerate(seeds):
-            columns = real[row].nonzero().squeeze(1)
-            generator.manual_seed(seed)
-            randoms[row, columns] = torch.rand(len(columns), generator=generator)
-        drop = droppable & (randoms < self.probability)
-
-        if self.mode == "mask":
-            inputs["input_ids"] = input_ids.masked_fill(drop, self.replacement_id)
-            return inputs, int(drop.sum()), int(droppable.sum())
-        return self._delete(inputs, real, drop, droppable)
-
-    def _delete(self, inputs: dict, real: torch.Tensor, drop: torch.Tensor, droppable: torch.Tensor):
-        keep = real & ~drop
-        # A row with no special token could lose every token, and a fully padded row makes attention undefined: such a
-        # row keeps its first token.
-        emptied = (keep.sum(1) == 0) & (real.sum(1) > 0)
-        if emptied.any():
-            first = real.int().argmax(1)
-            restore = torch.zeros_like(drop)
-            restore[emptied, first[emptied]] = True
-            drop, keep = drop & ~restore, keep | restore
-
-        # A stable sort on "is padding" moves the kept tokens together, in order, to the padded side's opposite end.
-        right = self.padding_side == "right"
-        order = torch.argsort((~keep if right else keep).int(), dim=1, stable=True)
-        lengths = keep.sum(1)
-        width = max(int(lengths.max()), 1)
-        columns = torch.arange(width)
-        if right:
-            order, new_mask = order[:, :width], columns[None, :] < lengths[:, None]
-        else:
-            order, new_mask = order[:, -width:], columns[None, :] >= (width - lengths)[:, None]
-
-        out = {}
-        for key, value in inputs.items():
-            gathered = value.gather(1, order)
-            fill = self.pad_token_id if key == "input_ids" else 0
-            out[key] = gathered.masked_fill(~new_mask, fill)
-        out["attention_mask"] = new_mask.to(
-            inputs["attention_mask"].dtype if "attention_mask" in inputs else torch.long
-        )
-        return out, int(drop.sum()), int(droppable.sum())
-
-
 # ---- Divergence ------------------------------------------------------------------------------------------------------
 def clean_view_targets(logits: torch.Tensor, temperature: float, confidence: float):
     """
@@ -175,6 +55,18 @@ def clean_view_targets(logits: torch.Tensor, temperature: float, confidence: flo
     return F.log_softmax(logits / temperature, dim=-1), top_probability >= confidence
 
 
+def _kl(log_probs: torch.Tensor, target_log_probs: torch.Tensor) -> torch.Tensor:
+    return F.kl_div(log_probs, target_log_probs, log_target=True, reduction="none").sum(-1)
+
+
+def _mse(log_probs: torch.Tensor, target_log_probs: torch.Tensor) -> torch.Tensor:
+    return (log_probs.exp() - target_log_probs.exp()).pow(2).sum(-1)
+
+
+# The `consistency_loss` names (the config checks a value is one of them).
+DIVERGENCES = {"kl": _kl, "mse": _mse}
+
+
 def consistency_divergence(target_log_probs: torch.Tensor, logits: torch.Tensor, kind: str = "kl") -> torch.Tensor:
     """
     Per-example D(target || softmax(logits)) in float32, whatever the dtype of `logits` (autocast), with no gradient
@@ -183,13 +75,7 @@ def consistency_divergence(target_log_probs: torch.Tensor, logits: torch.Tensor,
     `"kl"` is `sum target * (log target - log p)`; `"mse"` is `sum (target - p) ** 2` over the classes. Working from
     log-probabilities keeps both finite for extreme logits, where `softmax` underflows to exact zeros.
     """
-    target_log_probs = target_log_probs.detach().float()
-    log_probs = F.log_softmax(logits.float(), dim=-1)
-    if kind == "kl":
-        return F.kl_div(log_probs, target_log_probs, log_target=True, reduction="none").sum(-1)
-    if kind == "mse":
-        return (log_probs.exp() - target_log_probs.exp()).pow(2).sum(-1)
-    raise ValueError(f"`consistency_loss` must be 'kl' or 'mse', got {kind!r}.")
+    return DIVERGENCES[kind](F.log_softmax(logits.float(), dim=-1), target_log_probs.detach().float())
 
 
 # ---- Unlabeled stream ------------------------------------------------------------------------------------------------
@@ -262,31 +148,36 @@ class ConsistencyRegularizer:
         unlabeled_dataset ([`~datasets.Dataset`]):
             The tokenized unlabeled pool; columns other than the model inputs (e.g. `length`) are dropped.
         tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
-            Gives the special, mask and padding tokens, and pads the unlabeled batches.
+            Pads the unlabeled batches.
         accelerator ([`~accelerate.Accelerator`]):
             The trainer's, for the process rank, autocast and reductions.
+        augmentation ([`~hf_semisup.augment.Augmentation`], *optional*):
+            Makes the noised copy of each unlabeled batch. Defaults to token dropout with the config's settings.
     """
 
-    def __init__(self, args, unlabeled_dataset, tokenizer, accelerator):
+    def __init__(self, args, unlabeled_dataset, tokenizer, accelerator, augmentation: Augmentation | None = None):
         self.args, self.accelerator = args, accelerator
-        self.token_dropout = TokenDropout.from_tokenizer(tokenizer, args.token_dropout, args.token_dropout_mode)
+        if augmentation is None:
+            augmentation = TokenDropout.from_tokenizer(tokenizer, args.token_dropout, args.token_dropout_mode)
+        self.augmentation = augmentation
+        self.pad_token_id, self.padding_side = tokenizer.pad_token_id, tokenizer.padding_side
         self.dataset = unlabeled_dataset.select_columns(
             [c for c in unlabeled_dataset.column_names if c in MODEL_INPUT_COLUMNS]
         )
         self.collator = DataCollatorWithPadding(tokenizer, return_tensors="pt")
         self.batch_size = max(1, round(args.unlabeled_batch_ratio * args.per_device_train_batch_size))
         self.metrics: dict[str, list] = defaultdict(list)
-        self._sampler, self._iterator, self._next = None, None, None
+        self.sampler, self._iterator, self._next = None, None, None
 
     # ---- Unlabeled batches -------------------------------------------------------------------------------------------
     def _stream_seed(self, round_: int) -> int:
         return derive_seed(self.args.seed, round_)
 
-    def _unlabeled_batch(self, k: int, round_: int) -> tuple[dict, np.ndarray]:
+    def unlabeled_batch(self, k: int, round_: int) -> tuple[dict, np.ndarray]:
         """This process's clean batch `k` of the round's stream (CPU) and the stream positions of its rows."""
         if self._iterator is None or self._next != (round_, k):
             # A new round, a resumed run, or an epoch whose last step had fewer micro-batches: restart the loader at `k`.
-            self._sampler = UnlabeledBatchSampler(
+            self.sampler = UnlabeledBatchSampler(
                 len(self.dataset),
                 self.batch_size,
                 seed=self._stream_seed(round_),
@@ -296,7 +187,7 @@ class ConsistencyRegularizer:
             )
             loader = DataLoader(
                 self.dataset,
-                batch_sampler=self._sampler,
+                batch_sampler=self.sampler,
                 collate_fn=self.collator,
                 num_workers=self.args.dataloader_num_workers,
                 # Its own generator: building an iterator draws a seed (for workers) from the global RNG otherwise, and
@@ -305,7 +196,7 @@ class ConsistencyRegularizer:
             )
             self._iterator = iter(loader)
         self._next = (round_, k + 1)
-        return dict(next(self._iterator)), self._sampler.positions(k)
+        return dict(next(self._iterator)), self.sampler.positions(k)
 
     @torch.no_grad()
     def _clean_view(self, model, inputs: dict):
@@ -335,9 +226,9 @@ class ConsistencyRegularizer:
         accumulation = self.args.gradient_accumulation_steps
         parts, labeled, unmasked = [], 0, 0
         for i, batch in enumerate(batch_samples):
-            clean, positions = self._unlabeled_batch(step * accumulation + i, round_)
+            clean, positions = self.unlabeled_batch(step * accumulation + i, round_)
             seeds = [derive_seed(self.args.seed, round_, _DROPOUT, int(p)) for p in positions]
-            dropped, num_dropped, num_droppable = self.token_dropout(clean, seeds)
+            dropped, rates = self.augmentation.augment(clean, seeds)
             clean = {k: v.to(device) for k, v in clean.items() if k in MODEL_INPUT_COLUMNS}
             dropped = {k: v.to(device) for k, v in dropped.items()}
             target_log_probs, mask = self._clean_view(model, clean)
@@ -346,8 +237,8 @@ class ConsistencyRegularizer:
             unmasked += int(mask.sum())
             self.metrics["unmasked"].append(int(mask.sum()))
             self.metrics["unlabeled"].append(len(mask))
-            self.metrics["dropped"].append(num_dropped)
-            self.metrics["droppable"].append(num_droppable)
+            for name, (count, total) in rates.items():
+                self.metrics["rates"].append((name, count, total))
             self.metrics["weight"].append(weight)
 
         totals = torch.tensor([labeled, unmasked], dtype=torch.float64, device=device)
@@ -381,8 +272,8 @@ class ConsistencyRegularizer:
         joint = concat_padded(
             {k: v for k, v in inputs.items() if k in MODEL_INPUT_COLUMNS},
             batch.inputs,
-            self.token_dropout.pad_token_id,
-            self.token_dropout.padding_side,
+            self.pad_token_id,
+            self.padding_side,
         )
         outputs = model(**joint)
         logits = (outputs["logits"] if isinstance(outputs, dict) else outputs[0]).float()
@@ -411,24 +302,32 @@ class ConsistencyRegularizer:
     # ---- Logging -----------------------------------------------------------------------------------------------------
     def pop_metrics(self) -> dict[str, float]:
         """
-        The logging window's `consistency_loss`, `consistency_weight`, `consistency_mask_rate` and `token_dropout_rate`,
-        summed over all processes, then cleared. Every process must call it at the same time (it reduces).
+        The logging window's `consistency_loss`, `consistency_weight`, `consistency_mask_rate` and the augmentation's
+        rates (`token_dropout_rate`), summed over all processes, then cleared. Every process must call it at the same
+        time (it reduces).
         """
         metrics, self.metrics = self.metrics, defaultdict(list)
         if not metrics.get("divergence_sum"):
             return {}
-        keys = ("divergence_sum", "unmasked", "unlabeled", "dropped", "droppable")
+        rates = sorted({name for name, _, _ in metrics["rates"]})  # every process has the same augmentation
         device = metrics["divergence_sum"][0].device
-        totals = torch.stack([torch.as_tensor(metrics[key], dtype=torch.float64, device=device).sum() for key in keys])
+        columns = [metrics[key] for key in ("divergence_sum", "unmasked", "unlabeled")]
+        for name in rates:
+            columns.append([count for key, count, _ in metrics["rates"] if key == name])
+            columns.append([total for key, _, total in metrics["rates"] if key == name])
+        totals = torch.stack([torch.as_tensor(column, dtype=torch.float64, device=device).sum() for column in columns])
         if self.accelerator.num_processes > 1:
             totals = self.accelerator.reduce(totals, reduction="sum")
-        divergence_sum, unmasked, unlabeled, dropped, droppable = totals.tolist()
-        return {
+        divergence_sum, unmasked, unlabeled, *rate_sums = totals.tolist()
+        logs = {
             "consistency_loss": divergence_sum / unmasked if unmasked else 0.0,
             "consistency_weight": float(np.mean(metrics["weight"])),
             "consistency_mask_rate": unmasked / unlabeled if unlabeled else 0.0,
-            "token_dropout_rate": dropped / droppable if droppable else 0.0,
         }
+        for i, name in enumerate(rates):
+            count, total = rate_sums[2 * i], rate_sums[2 * i + 1]
+            logs[name] = count / total if total else 0.0
+        return logs
 
 
 def concat_padded(first: dict, second: dict, pad_token_id: int, padding_side: str = "right") -> dict:
@@ -457,10 +356,11 @@ __all__ = [
     "CONSISTENCY_KEY",
     "ConsistencyBatch",
     "ConsistencyRegularizer",
-    "TokenDropout",
+    "TokenDropout",  # its home before augment.py
     "UnlabeledBatchSampler",
     "clean_view_targets",
     "concat_padded",
+    "DIVERGENCES",
     "consistency_divergence",
     "consistency_weight_at",
     "derive_seed",

@@ -9,7 +9,7 @@ class's prototype (the mean embedding of the class's labeled examples, plus the 
 as SetFit's templated zero-shot examples do) labels a 4,000-row pool at 0.635 and its most confident fifth at 0.791
 (three seeds; `benchmarks/label_efficiency.py`, `benchmarks/README.md`). [`PrototypeClassifier`] is that teacher,
 shaped like a sequence classifier so that [`~hf_semisup.pseudo_labeling.predict_pool`] runs it like any other;
-[`PrototypeTeacherMixin`] is the trainer's side: it builds the prototypes, refines them and labels the pool.
+[`~hf_semisup.teachers.PrototypeTeacher`] builds the prototypes, refines them and labels the pool with them.
 """
 
 import logging
@@ -23,12 +23,10 @@ from tqdm.auto import tqdm
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .data import MODEL_INPUT_COLUMNS
-from .pseudo_labeling import STREAM_CHUNK_BATCHES, PseudoLabels, predict_pool, shard_batches
+from .pseudo_labeling import STREAM_CHUNK_BATCHES, shard_batches
 
 
 logger = logging.getLogger(__name__)
-
-FIRST_TEACHERS = ("embeddings", "model")
 
 # Cosine similarities of one text to different class prototypes differ by a few hundredths: this temperature turns a
 # difference of 0.05 into odds of e to 1. Only the ranking matters to the `topk` selection strategy.
@@ -185,73 +183,18 @@ def _embed(model, collator, features: list[dict], accelerator) -> torch.Tensor:
         return mean_pooled_embeddings(model, inputs)
 
 
-class PrototypeTeacherMixin:
-    """
-    The trainer's side of `first_teacher="embeddings"`: labels the pool with the initial encoder's class prototypes.
-    Mixed into [`SemiSupervisedTrainer`], whose state (`_initial_state`, `_select`, the datasets) it uses.
-    """
-
-    def _predict_with_prototypes(self, top_k: int) -> PseudoLabels:
-        """
-        The pool labeled by the initial encoder's class prototypes (`first_teacher="embeddings"`), each refinement step
-        re-estimating them with the pool rows this round's selection keeps.
-        """
-        self._move_model_to_device(self.model, self.args.device)
-        trained = self._copy_state()
-        self._load_state(self._initial_state)
-        try:
-            name_features = self._label_name_features()
-            prototypes = self._class_prototypes(name_features)
-            for step in range(self.args.prototype_refinement_steps):
-                pseudo_labels = self._predict_pool_with_prototypes(prototypes, 0, f"refinement {step + 1}")
-                selected = self._select(pseudo_labels.labels, pseudo_labels.confidences).selected
-                prototypes = self._class_prototypes(name_features, refined_pool_labels(pseudo_labels, selected))
-            return self._predict_pool_with_prototypes(prototypes, top_k, "class prototypes")
-        finally:
-            self._load_state(trained)
-
-    def _class_prototypes(self, name_features, pool_labels: np.ndarray | None = None):
-        """The class prototypes from the labeled set and, given `pool_labels`, the pool rows it assigns a class."""
-        return class_prototypes(
-            self.model,
-            self.labeled_dataset,
-            self.data_collator,
-            self.accelerator,
-            self.args.per_device_eval_batch_size,
-            num_labels=self.model.config.num_labels,
-            name_features=name_features,
-            pool=None if pool_labels is None else self.unlabeled_dataset,
-            pool_labels=pool_labels,
-            disable_tqdm=self.args.disable_tqdm,
+def label_name_features(template: str | None, id2label: dict, tokenizer) -> list[dict] | None:
+    """`template` filled in with each class name and tokenized, in class order, or `None` when not used."""
+    if template is None:
+        return None
+    names = usable_class_names(id2label)
+    if names is None or tokenizer is None:
+        reason = (
+            f"the class names {id2label} are numbers or placeholders"
+            if names is None
+            else "there is no `processing_class` to tokenize it"
         )
-
-    def _predict_pool_with_prototypes(self, prototypes, top_k: int, what: str) -> PseudoLabels:
-        return predict_pool(
-            PrototypeClassifier(self.model, prototypes),
-            self.unlabeled_dataset,
-            self.data_collator,
-            self.accelerator,
-            self.args.per_device_eval_batch_size,
-            top_k=top_k,
-            desc=f"Pseudo-labeling (round {self.current_round}, {what})",
-            disable_tqdm=self.args.disable_tqdm,
-        )
-
-    def _label_name_features(self) -> list[dict] | None:
-        """`label_name_template` filled in with each class name and tokenized, or `None` when not used."""
-        template = self.args.label_name_template
-        if template is None:
-            return None
-        names = usable_class_names(self.model.config.id2label)
-        if names is None or self.processing_class is None:
-            reason = (
-                f"the class names {self.model.config.id2label} are numbers or placeholders"
-                if names is None
-                else "there is no `processing_class` to tokenize it"
-            )
-            logger.info(
-                f"Class prototypes use the labeled examples only: {reason}, so `label_name_template` is unused."
-            )
-            return None
-        encoded = self.processing_class([template.format(name) for name in names], truncation=True)
-        return [{k: encoded[k][i] for k in encoded.keys()} for i in range(len(names))]
+        logger.info(f"Class prototypes use the labeled examples only: {reason}, so `label_name_template` is unused.")
+        return None
+    encoded = tokenizer([template.format(name) for name in names], truncation=True)
+    return [{k: encoded[k][i] for k in encoded.keys()} for i in range(len(names))]

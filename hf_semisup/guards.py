@@ -1,7 +1,12 @@
 """Guard rails that stop or flag a self-training run going wrong: non-finite values, and pseudo-label collapse."""
 
+import logging
+
 import numpy as np
 import torch
+
+
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteError(FloatingPointError):
@@ -60,3 +65,27 @@ def collapse_alarm(class_counts, class_prior, margin: float | None) -> tuple[int
     if excess[class_id] > margin:
         return class_id, float(shares[class_id])
     return None
+
+
+def check_collapse(
+    record: dict,
+    class_counts: list[int],
+    class_prior,
+    margin: float | None,
+    class_names: list[str],
+    class_balance: bool,
+):
+    """Record (`collapse_alarm`, `collapse_alarm_class`, `collapse_alarm_share`) and warn about a collapsed round."""
+    alarm = collapse_alarm(class_counts, class_prior, margin)
+    record["collapse_alarm"] = alarm is not None
+    if alarm is None:
+        return
+    class_id, share = alarm
+    name = class_names[class_id]
+    record["collapse_alarm_class"], record["collapse_alarm_share"] = name, share
+    logger.warning(
+        f"Round {record['round']}: pseudo-label collapse alarm: {share:.0%} of the {sum(class_counts)} accepted "
+        f"pseudo-labels are {name!r}, whose labeled share is {class_prior[class_id]:.0%} (more than "
+        f"`collapse_alarm_margin`={margin} above it)."
+        + ("" if class_balance else " Consider `class_balance=True`, which keeps the labeled shares.")
+    )

@@ -12,11 +12,10 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from .adapters import is_peft_model
-from .metrics import compute_classification_metrics
+from .outputs import CARD_NAME
 
 
 TEMPLATE_PATH = Path(__file__).parent / "model_cards" / "model_card_template.md"
-CARD_NAME = "README.md"
 TAGS = ["hf-semisup", "semi-supervised", "text-classification"]
 TASK = {"task_type": "text-classification", "task_name": "Text Classification"}
 # Builders named after a file format, not a dataset: such a dataset has no Hub id to cite.
@@ -44,6 +43,30 @@ IGNORED_FIELDS = {
 PEFT_NAMES = {"LORA": "LoRA", "ADALORA": "AdaLoRA", "IA3": "IA3", "LOHA": "LoHa", "LOKR": "LoKr"}
 
 
+@dataclasses.dataclass
+class ModelCardFacts:
+    """
+    What the card says about a run besides its config and model: the datasets (set when the trainer is built) and
+    the rounds (kept up to date by [`~hf_semisup.callbacks.ModelCardCallback`]).
+
+    Attributes:
+        labeled_dataset, unlabeled_dataset: the prepared labeled set and pool (`None` without one).
+        eval_datasets (`dict`): the eval sets by name (`None` for a single one).
+        default_metrics (`bool`): whether `compute_metrics` is the default (its `f1` is macro-F1).
+        history (`list[dict]`): the round records.
+        best_round (`int` or `None`): the round kept by `load_best_model_at_end`.
+        best_metric (`str` or `None`): the eval metric that chose it.
+    """
+
+    labeled_dataset: object = None
+    unlabeled_dataset: object = None
+    eval_datasets: dict = dataclasses.field(default_factory=dict)
+    default_metrics: bool = True
+    history: list = dataclasses.field(default_factory=list)
+    best_round: int | None = None
+    best_metric: str | None = None
+
+
 def write_model_card(trainer, output_dir: str, **kwargs) -> str:
     """Render the card of `trainer`'s run (see [`build_model_card`]) into `output_dir/README.md`; returns the path."""
     card = build_model_card(trainer, **kwargs)
@@ -65,7 +88,7 @@ def build_model_card(
     dataset_args: str | list[str] | None = None,
 ) -> ModelCard:
     """
-    The model card of a [`SemiSupervisedTrainer`] run, from its config, datasets and `self_training_history`.
+    The model card of a [`SemiSupervisedTrainer`] run, from its config, model and `model_card_facts`.
 
     Args:
         language (`str` or `list[str]`, *optional*):
@@ -85,9 +108,9 @@ def build_model_card(
         dataset_args (`str` or `list[str]`, *optional*):
             Dataset configuration names, as passed to `load_dataset`.
     """
-    args = trainer.args
+    args, facts = trainer.args, trainer.model_card_facts
     model = trainer.accelerator.unwrap_model(trainer.model)
-    history = trainer.self_training_history
+    history = facts.history
     id2label = model.config.id2label
     class_names = [str(id2label[i]) for i in range(len(id2label))]
     dataset_tags, dataset, dataset_args = _as_list(dataset_tags), _as_list(dataset), _as_list(dataset_args)
@@ -107,25 +130,24 @@ def build_model_card(
     is_adapter = peft_type is not None and not getattr(args, "save_merged_model", False)
 
     # Datasets
-    eval_sets = trainer.eval_dataset if isinstance(trainer.eval_dataset, dict) else {None: trainer.eval_dataset}
-    eval_sets = {name: data for name, data in eval_sets.items() if data is not None}
-    datasets_used = [trainer.labeled_dataset, trainer.unlabeled_dataset, *eval_sets.values()]
+    eval_sets = {name: data for name, data in facts.eval_datasets.items() if data is not None}
+    datasets_used = [facts.labeled_dataset, facts.unlabeled_dataset, *eval_sets.values()]
     hub_datasets = dataset_tags or list(dict.fromkeys(filter(None, map(_dataset_id, datasets_used))))
-    num_unlabeled = len(trainer.unlabeled_dataset) if trainer.unlabeled_dataset is not None else 0
-    roles = {"Labeled": trainer.labeled_dataset, "Unlabeled": trainer.unlabeled_dataset}
+    num_unlabeled = len(facts.unlabeled_dataset) if facts.unlabeled_dataset is not None else 0
+    roles = {"Labeled": facts.labeled_dataset, "Unlabeled": facts.unlabeled_dataset}
     roles.update({f"Evaluation ({name})" if name else "Evaluation": data for name, data in eval_sets.items()})
     data_rows = [
         {"role": role, "name": _dataset_name(data), "size": len(data)}
         for role, data in roles.items()
         if data is not None
     ]
-    labeled_counts = np.bincount(np.asarray(trainer.labeled_dataset["labels"]), minlength=len(class_names))
+    labeled_counts = np.bincount(np.asarray(facts.labeled_dataset["labels"]), minlength=len(class_names))
 
     # Rounds and results
     round_columns, round_rows = _round_table(history, eval_sets)
     final = None
     if history:
-        final = history[trainer.best_round] if trainer.best_round is not None else history[-1]
+        final = history[facts.best_round] if facts.best_round is not None else history[-1]
     final_metrics, eval_results = {}, []
     if final is not None:
         for eval_name, metrics in _eval_metrics(final, eval_sets).items():
@@ -134,7 +156,7 @@ def build_model_card(
                 final_metrics[_column_name(eval_name, metric)] = _format(value)
                 if metric != "loss":
                     eval_results.append(
-                        _eval_result(trainer, eval_name, data, metric, value, dataset_tags, dataset, dataset_args)
+                        _eval_result(facts, eval_name, data, metric, value, dataset_tags, dataset, dataset_args)
                     )
 
     card_data = ModelCardData(
@@ -164,7 +186,7 @@ def build_model_card(
         peft_description=peft_description,
         is_adapter=is_adapter,
         is_merged=peft_type is not None and not is_adapter,
-        num_labeled=len(trainer.labeled_dataset),
+        num_labeled=len(facts.labeled_dataset),
         num_unlabeled=num_unlabeled,
         data_rows=data_rows,
         labeled_class_counts={name: int(count) for name, count in zip(class_names, labeled_counts)},
@@ -190,7 +212,7 @@ def build_model_card(
         round_columns=round_columns,
         round_rows=round_rows,
         final_round=final["round"] if final is not None else None,
-        best_metric=trainer._best_metric_key() if trainer.best_round is not None else None,
+        best_metric=facts.best_metric,
         final_metrics=final_metrics,
         hyperparameters=non_default_hyperparameters(args),
         framework_versions=framework_versions(include_peft=peft_type is not None),
@@ -295,13 +317,13 @@ def _eval_metrics(record: dict, eval_sets: dict) -> dict[str | None, dict[str, f
     return grouped
 
 
-def _eval_result(trainer, eval_name, data, metric, value, dataset_tags, dataset, dataset_args) -> EvalResult:
+def _eval_result(facts, eval_name, data, metric, value, dataset_tags, dataset, dataset_args) -> EvalResult:
     dataset_type = dataset_tags[0] if dataset_tags else _dataset_id(data) or "unknown"
     default_name = eval_name or (dataset_type if dataset_type != "unknown" else "Unknown")
     # Local files load as the `train` split of their builder whatever their role: only a Hub dataset's split says
     # something.
     split = getattr(data, "split", None) if _dataset_id(data) else None
-    macro_f1 = metric == "f1" and trainer.compute_metrics is compute_classification_metrics
+    macro_f1 = metric == "f1" and facts.default_metrics
     return EvalResult(
         **TASK,
         dataset_type=dataset_type,

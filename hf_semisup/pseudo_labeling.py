@@ -16,8 +16,6 @@ from .data import LENGTH_COLUMN, MODEL_INPUT_COLUMNS
 from .selection import select_pseudo_labels  # noqa: F401  (its home before selection.py)
 
 
-# Under `output_dir`: each round's `round-<r>.parquet` and the tokenized pool's cache.
-PSEUDO_LABELS_DIR = "pseudo_labels"
 # A streamed (`IterableDataset`) pool is read this many batches per process at a time: enough rows that sorting them
 # by length pads little, few enough that a chunk's tokens weigh nothing next to the model.
 STREAM_CHUNK_BATCHES = 32
@@ -47,6 +45,19 @@ class PseudoLabels:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @classmethod
+    def from_probabilities(
+        cls, labels: np.ndarray, confidences: np.ndarray, probabilities: np.ndarray
+    ) -> "PseudoLabels":
+        """A pass that kept every class, from each row's full distribution `(num_rows, num_labels)`."""
+        order = np.argsort(-probabilities, axis=1, kind="stable")
+        return cls(labels, confidences, order, np.take_along_axis(probabilities, order, axis=1))
+
+    @property
+    def num_classes_kept(self) -> int:
+        """How many classes per row the pass kept beside the argmax (its top-k), `0` for none."""
+        return 0 if self.top_k_labels is None else self.top_k_labels.shape[1]
 
     def probabilities(self, num_labels: int) -> np.ndarray:
         """
@@ -86,9 +97,9 @@ class PseudoLabels:
         return pa.table(table)
 
 
-def save_pseudo_labels(path: str, pseudo_labels: PseudoLabels, selected: np.ndarray | None = None):
+def write_pseudo_label_table(path: str, pseudo_labels: PseudoLabels, selected: np.ndarray | None = None):
     """
-    Write a labeling pass to a Parquet file through a temporary file and a rename, so a reader never sees a
+    Write a labeling pass (and its selection) to a Parquet file, for inspection, through a temporary file and a rename, so a reader never sees a
     half-written file and a crash leaves the previous one intact. Call it on one process only.
     """
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -101,8 +112,8 @@ def save_pseudo_labels(path: str, pseudo_labels: PseudoLabels, selected: np.ndar
             os.remove(tmp)
 
 
-def load_pseudo_labels(path: str) -> tuple[PseudoLabels, np.ndarray | None]:
-    """Read a file written by [`save_pseudo_labels`]: the labeling pass and the selected row indices (or `None`)."""
+def read_pseudo_label_table(path: str) -> tuple[PseudoLabels, np.ndarray | None]:
+    """Read a file written by [`write_pseudo_label_table`]: the labeling pass and the selected row indices (or `None`)."""
     table = pq.read_table(path)
 
     def matrix(name, dtype):
@@ -119,6 +130,25 @@ def load_pseudo_labels(path: str) -> tuple[PseudoLabels, np.ndarray | None]:
     )
     selected = np.flatnonzero(table["selected"].to_numpy()) if "selected" in table.column_names else None
     return pseudo_labels, selected
+
+
+def with_prediction_columns(source, pseudo_labels: PseudoLabels):
+    """
+    `source` (a `Dataset` or an `IterableDataset`, in the order it was labeled) with a labeling pass's columns:
+    `pseudo_label`, `confidence` and, when the pass kept them, `top_k_labels` and `top_k_probabilities`.
+    """
+    columns = pseudo_labels.columns()
+    columns["pseudo_label"] = columns.pop("label")
+    if isinstance(source, datasets.IterableDataset):
+
+        def add_columns(batch, indices):
+            return {name: values.take(indices).to_pylist() for name, values in columns.items()}
+
+        return source.map(add_columns, with_indices=True, batched=True)
+    source = source.remove_columns([c for c in columns if c in source.column_names])
+    for name, values in columns.items():
+        source = source.add_column(name, values)
+    return source
 
 
 def row_lengths(dataset: datasets.Dataset) -> np.ndarray:

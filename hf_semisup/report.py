@@ -1,7 +1,5 @@
 """The end-of-training summary of a self-training run: a per-round table and a PNG chart of the same."""
 
-CHART_NAME = "self_training_rounds.png"
-
 
 def summary_metric(history: list[dict], metric_for_best_model: str | None = None) -> str | None:
     """The eval metric the summary shows: `metric_for_best_model` when set, else accuracy, F1 or loss."""

@@ -1,30 +1,35 @@
 """
 Choosing which pseudo-labels a round keeps.
 
-Every strategy is a pure function of the teacher's per-row `(labels, confidences)`, the labeled class prior, the round
-number and the configuration: the same inputs give the same rows, so a resumed run selects what an uninterrupted one
-did, whatever the number of processes.
+A selection rule is a pure function `rule(predictions, context) -> Selection` of the teacher's labeling pass
+([`~hf_semisup.pseudo_labeling.PseudoLabels`]) and a [`SelectionContext`] (the round, the classes, the class shares
+that class balance keeps, and the configuration): the same inputs give the same rows, so a resumed run selects what an
+uninterrupted one did, whatever the number of processes. [`SELECTION_RULES`] maps the `selection_strategy` names to
+them, and [`apply_rule`] is the one place that dispatches on it. A new rule is a function, a line in the registry and
+the config field it reads.
 
 - `"threshold"`: rows whose confidence reaches a fixed `confidence_threshold` ([`select_pseudo_labels`]).
 - `"adaptive"`: a threshold per class that follows how well the model has learned the class, FlexMatch style
   ([`adaptive_class_thresholds`]), then as `"threshold"`.
 - `"topk"`: no threshold; each round keeps the most confident rows of each class, a growing share of the pool
   (curriculum style, [`select_top_k`]).
+
+`class_balance` and `max_pseudo_labels` apply to every rule.
 """
 
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Callable
+from types import SimpleNamespace
 
 import numpy as np
 
-
-SELECTION_STRATEGIES = ("threshold", "adaptive", "topk")
 
 # An adaptive threshold never drops to chance level (1 / num_labels, the lowest possible top probability): that would
 # accept every row predicted as the class.
 ADAPTIVE_FLOOR_MARGIN = 0.01
 
 
-@dataclass
+@dataclasses.dataclass
 class Selection:
     """
     The rows a round keeps, and the thresholds that chose them.
@@ -34,7 +39,7 @@ class Selection:
             Row indices, most confident first.
         threshold (`float` or `None`):
             The round's confidence threshold: `confidence_threshold` for `"threshold"` and `"adaptive"`, the lowest
-            accepted confidence for `"topk"` (`None` when nothing is kept).
+            accepted confidence for the rules without one (`"topk"`; `None` when nothing is kept).
         class_thresholds (`np.ndarray` of `float64`, *optional*):
             The per-class thresholds of `"adaptive"`.
     """
@@ -44,57 +49,107 @@ class Selection:
     class_thresholds: np.ndarray | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class SelectionContext:
+    """
+    What a rule may use besides the labeling pass.
+
+    Attributes:
+        num_labels (`int`): the number of classes.
+        round (`int`): the round (1-based: round 1 is the first with pseudo-labels).
+        class_prior (`np.ndarray`, *optional*): the class shares the kept rows must have (`class_balance`), else `None`.
+        config: the [`SemiSupervisedConfig`] (or any object with its selection fields): each rule reads its own.
+    """
+
+    num_labels: int
+    round: int = 1
+    class_prior: np.ndarray | None = None
+    config: object = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionRule:
+    """A registered rule: the function, and whether it needs every class's probability (not only the top one)."""
+
+    select: Callable
+    needs_distribution: bool = False
+
+
+def select_by_threshold(predictions, context: SelectionContext) -> Selection:
+    config = context.config
+    selected = select_pseudo_labels(
+        predictions.labels,
+        predictions.confidences,
+        config.confidence_threshold,
+        context.class_prior,
+        config.max_pseudo_labels,
+    )
+    return Selection(selected, config.confidence_threshold)
+
+
+def select_adaptive(predictions, context: SelectionContext) -> Selection:
+    config = context.config
+    thresholds = adaptive_class_thresholds(
+        predictions.labels, predictions.confidences, config.confidence_threshold, context.num_labels
+    )
+    selected = select_pseudo_labels(
+        predictions.labels, predictions.confidences, thresholds, context.class_prior, config.max_pseudo_labels
+    )
+    return Selection(selected, config.confidence_threshold, thresholds)
+
+
+def select_curriculum(predictions, context: SelectionContext) -> Selection:
+    config = context.config
+    selected = select_top_k(
+        predictions.labels,
+        predictions.confidences,
+        config.pseudo_label_fraction,
+        context.round,
+        context.class_prior,
+        config.max_pseudo_labels,
+    )
+    return Selection(selected, _lowest_confidence(predictions.confidences, selected))
+
+
+SELECTION_RULES: dict[str, SelectionRule] = {
+    "threshold": SelectionRule(select_by_threshold),
+    "adaptive": SelectionRule(select_adaptive),
+    "topk": SelectionRule(select_curriculum),
+}
+# The names, in registry order (the config's choices).
+SELECTION_STRATEGIES = tuple(SELECTION_RULES)
+
+
+def apply_rule(strategy: str, predictions, context: SelectionContext) -> Selection:
+    """The [`Selection`] of the rule registered as `strategy` (the config checks that it is one)."""
+    return SELECTION_RULES[strategy].select(predictions, context)
+
+
 def select(
     strategy: str,
     labels: np.ndarray,
     confidences: np.ndarray,
     *,
     num_labels: int,
-    confidence_threshold: float,
     class_prior: np.ndarray | None = None,
-    max_pseudo_labels: int | None = None,
     round_: int = 1,
-    pseudo_label_fraction: float = 0.4,
+    **settings,
 ) -> Selection:
     """
-    Apply a selection strategy (one of [`SELECTION_STRATEGIES`]); `class_prior` is `None` without class balancing.
-    See [`SemiSupervisedConfig`] for what each argument means.
+    [`apply_rule`] on bare `(labels, confidences)` arrays; `settings` are the rules' config fields
+    (`confidence_threshold`, `max_pseudo_labels`, `pseudo_label_fraction`, ...), the others at their defaults.
     """
-    if strategy == "threshold":
-        selected = select_pseudo_labels(labels, confidences, confidence_threshold, class_prior, max_pseudo_labels)
-    elif strategy == "adaptive":
-        thresholds = adaptive_class_thresholds(labels, confidences, confidence_threshold, num_labels)
-        selected = select_pseudo_labels(labels, confidences, thresholds, class_prior, max_pseudo_labels)
-    elif strategy == "topk":
-        selected = select_top_k(labels, confidences, pseudo_label_fraction, round_, class_prior, max_pseudo_labels)
-    else:
-        raise ValueError(f"`selection_strategy` must be one of {SELECTION_STRATEGIES}, got {strategy!r}.")
-    threshold, class_thresholds = selection_thresholds(
-        strategy, labels, confidences, selected, num_labels=num_labels, confidence_threshold=confidence_threshold
-    )
-    return Selection(selected, threshold, class_thresholds)
+    from .config import SemiSupervisedConfig  # the config imports this module for its choices
+
+    fields = {f.name: f.default for f in dataclasses.fields(SemiSupervisedConfig)}
+    defaults = {name: fields[name] for name in ("confidence_threshold", "max_pseudo_labels", "pseudo_label_fraction")}
+    config = SimpleNamespace(**{**defaults, **settings})
+    predictions = SimpleNamespace(labels=np.asarray(labels), confidences=np.asarray(confidences))
+    context = SelectionContext(num_labels=num_labels, round=round_, class_prior=class_prior, config=config)
+    return apply_rule(strategy, predictions, context)
 
 
-def selection_thresholds(
-    strategy: str,
-    labels: np.ndarray,
-    confidences: np.ndarray,
-    selected: np.ndarray,
-    *,
-    num_labels: int,
-    confidence_threshold: float,
-) -> tuple[float | None, np.ndarray | None]:
-    """
-    The `(threshold, class_thresholds)` of [`Selection`] for rows `selected` by `strategy`: recomputed from the labeling
-    pass alone, so a run resumed from saved pseudo-labels records what the uninterrupted one did.
-    """
-    if strategy == "topk":
-        return (float(np.asarray(confidences)[selected].min()) if len(selected) else None), None
-    if strategy == "adaptive":
-        return confidence_threshold, adaptive_class_thresholds(labels, confidences, confidence_threshold, num_labels)
-    return confidence_threshold, None
-
-
+# ---- The building blocks --------------------------------------------------------------------------------------------
 def select_pseudo_labels(
     labels: np.ndarray,
     confidences: np.ndarray,
@@ -115,18 +170,7 @@ def select_pseudo_labels(
     threshold = np.asarray(threshold, dtype=np.float64)
     row_thresholds = threshold[labels] if threshold.ndim else threshold
     candidates = np.flatnonzero(confidences >= row_thresholds)
-    candidates = _most_confident_first(candidates, confidences)
-    if class_prior is None:
-        return candidates[:max_pseudo_labels] if max_pseudo_labels is not None else candidates
-
-    class_prior = _normalized(class_prior)
-    counts = np.bincount(labels[candidates], minlength=len(class_prior))
-    present = class_prior > 0
-    total = np.floor(np.min(counts[present] / class_prior[present]) + 1e-9)
-    if max_pseudo_labels is not None:
-        total = min(total, max_pseudo_labels)
-    quotas = np.floor(total * class_prior + 1e-9).astype(np.int64)
-    return _keep_per_class(candidates, labels, confidences, quotas)
+    return _balanced_selection(candidates, labels, confidences, class_prior, max_pseudo_labels)
 
 
 def adaptive_class_thresholds(
@@ -177,7 +221,7 @@ def select_top_k(
     total = min(int(np.floor(fraction * round_ * len(labels) + 0.5)), len(labels))
     if max_pseudo_labels is not None:
         total = min(total, max_pseudo_labels)
-    ranked = _most_confident_first(np.arange(len(labels)), confidences)
+    ranked = _best_first(np.arange(len(labels)), confidences)
     if class_prior is None:
         return ranked[:total]
     class_prior = _normalized(class_prior)
@@ -198,31 +242,57 @@ def apportion(total: int, shares: np.ndarray) -> np.ndarray:
     return quotas
 
 
+def _balanced_selection(candidates, labels, scores, class_prior, max_pseudo_labels) -> np.ndarray:
+    """
+    The `candidates` to keep, highest `scores` first: with a `class_prior`, class `c` keeps its `floor(n * prior[c])`
+    best candidates for the largest `n` every class can fill (at most `max_pseudo_labels`); without, the
+    `max_pseudo_labels` best.
+    """
+    candidates = _best_first(candidates, scores)
+    if class_prior is None:
+        return candidates[:max_pseudo_labels] if max_pseudo_labels is not None else candidates
+    class_prior = _normalized(class_prior)
+    counts = np.bincount(labels[candidates], minlength=len(class_prior))
+    present = class_prior > 0
+    total = np.floor(np.min(counts[present] / class_prior[present]) + 1e-9)
+    if max_pseudo_labels is not None:
+        total = min(total, max_pseudo_labels)
+    quotas = np.floor(total * class_prior + 1e-9).astype(np.int64)
+    return _keep_per_class(candidates, labels, scores, quotas)
+
+
+def _lowest_confidence(confidences: np.ndarray, selected: np.ndarray) -> float | None:
+    return float(np.asarray(confidences)[selected].min()) if len(selected) else None
+
+
 def _normalized(class_prior) -> np.ndarray:
     class_prior = np.asarray(class_prior, dtype=np.float64)
     return class_prior / class_prior.sum()
 
 
-def _most_confident_first(rows: np.ndarray, confidences: np.ndarray) -> np.ndarray:
+def _best_first(rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
     # Ties keep pool order, so the selection is deterministic.
-    return rows[np.argsort(-confidences[rows], kind="stable")]
+    return rows[np.argsort(-scores[rows], kind="stable")]
 
 
-def _keep_per_class(ranked: np.ndarray, labels: np.ndarray, confidences: np.ndarray, quotas: np.ndarray) -> np.ndarray:
-    """The first `quotas[c]` rows of each class `c` from `ranked` (most confident first), most confident first."""
+def _keep_per_class(ranked: np.ndarray, labels: np.ndarray, scores: np.ndarray, quotas: np.ndarray) -> np.ndarray:
+    """The first `quotas[c]` rows of each class `c` from `ranked` (best first), best first."""
     kept = [ranked[labels[ranked] == c][: quotas[c]] for c in range(len(quotas))]
     kept = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
-    return _most_confident_first(kept, confidences)
+    return _best_first(kept, scores)
 
 
 __all__ = [
     "ADAPTIVE_FLOOR_MARGIN",
+    "SELECTION_RULES",
     "SELECTION_STRATEGIES",
     "Selection",
+    "SelectionContext",
+    "SelectionRule",
     "adaptive_class_thresholds",
+    "apply_rule",
     "apportion",
     "select",
     "select_pseudo_labels",
     "select_top_k",
-    "selection_thresholds",
 ]

@@ -50,6 +50,18 @@ def soft_cross_entropy(
     return losses * weights.float()
 
 
+def soft_label_loss(model, inputs: dict, soft_targets, label_smoothing: float = 0.0, return_outputs: bool = False):
+    """
+    The mean over the micro-batch's rows of `weight * CE(soft target)`: the hard path's per-batch mean, which the
+    Trainer then divides by the gradient accumulation steps. The model's own (hard) loss is not computed.
+    """
+    outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+    logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+    losses = soft_cross_entropy(logits, *soft_targets, label_smoothing)
+    loss = losses.sum() / max(len(losses), 1)
+    return (loss, outputs) if return_outputs else loss
+
+
 __all__ = [
     "SOFT_TARGETS_COLUMN",
     "SOFT_TARGET_COLUMNS",
@@ -57,5 +69,6 @@ __all__ = [
     "one_hot_targets",
     "pop_soft_targets",
     "soft_cross_entropy",
+    "soft_label_loss",
     "with_soft_targets",
 ]

@@ -6,67 +6,71 @@ import datasets
 import numpy as np
 import torch
 from transformers import (
-    AutoConfig,
     AutoTokenizer,
     DataCollatorWithPadding,
     PreTrainedModel,
     Trainer,
     TrainingArguments,
-    set_seed,
 )
-from transformers.trainer_utils import TrainOutput, enable_full_determinism
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, enable_full_determinism, set_seed
 
-from .adapters import is_peft_model, load_trainable_state, prepare_peft_model, trainable_state
-from .checkpointing import SelfTrainingCheckpointMixin, deterministic_metrics, load_pseudo_labels
-from .config import DEFAULT_CONSISTENCY_WEIGHT, SemiSupervisedConfig
+from .adapters import prepare_peft_model
+from .augment import build_augmentation
+from .callbacks import ModelCardCallback, RoundLogCallback, call_round_event
+from .checkpointing import deterministic_metrics, saving_state, write_json_atomic
+from .compat import upload_ignoring
+from .config import SemiSupervisedConfig
 from .consistency import CONSISTENCY_KEY, ConsistencyRegularizer
 from .data import (
     check_dataset_types,
-    check_every_class_labeled,
-    drop_labeled_duplicates,
     is_tokenized,
     label_names_of,
     prepare_dataset,
-    prepare_stream,
-    warn_on_unknown_tokens,
 )
-from .embedding_teacher import PrototypeTeacherMixin
 from .guards import NonFiniteError, check_finite_model, gathered_loss
-from .hub import HubMixin
-from .metrics import DEFAULT_METRIC_NAMES, compute_classification_metrics
-from .modeling import align_label_names, check_local_path, file_location_kwargs, head_label_kwargs, load_classifier
-from .pseudo_labeling import PSEUDO_LABELS_DIR
-from .rounds import RoundHistoryMixin, synchronize_record
-from .self_training import SelfTrainingMixin
-from .soft_labels import SOFT_TARGET_COLUMNS, pop_soft_targets, soft_cross_entropy
+from .hub import hub_unreachable_error, save_with_history_and_card
+from .inputs import (
+    default_consistency_weight,
+    load_model,
+    prepare_datasets,
+    prepare_kwargs,
+    prepare_to_label,
+    resolve_args,
+)
+from .metrics import compute_classification_metrics
+from .model_card import ModelCardFacts, write_model_card
+from .modeling import align_label_names, check_local_path, file_location_kwargs
+from .outputs import HISTORY_NAME, HUB_IGNORE_PATTERNS
+from .pseudo_labeling import predict_pool, with_prediction_columns
+from .rounds import RoundLoop
+from .soft_labels import SOFT_TARGET_COLUMNS, pop_soft_targets, soft_label_loss
+from .state import RunState, copy_weights, load_weights
+from .teachers import needs_initial_weights
+from .validation import check_run
 
 
 logger = logging.getLogger(__name__)
 
 
-class SemiSupervisedTrainer(
-    SelfTrainingCheckpointMixin, RoundHistoryMixin, SelfTrainingMixin, PrototypeTeacherMixin, HubMixin, Trainer
-):
+class SemiSupervisedTrainer(Trainer):
     r"""
-    A [`~transformers.Trainer`] for sequence classification that also learns from unlabeled text by iterative
-    self-training.
+    A [`~transformers.Trainer`] for sequence classification that also learns from unlabeled text: iterative
+    self-training, and a consistency loss on unlabeled batches.
 
-    Round 0 fits the model on the labeled `train_dataset`. Each of the `args.self_training_rounds` later rounds, the
-    current model (the teacher) labels `unlabeled_dataset`, the confident predictions are selected (see
-    [`SemiSupervisedConfig`]), and a student trains on labeled + selected rows and becomes the next teacher.
-
-    With `args.consistency_weight > 0`, every step of every round also adds a token-dropout consistency loss on a batch
-    of `unlabeled_dataset` (see [`~hf_semisup.consistency.ConsistencyRegularizer`]).
+    Round 0 fits the model on the labeled `train_dataset`. In each of the `args.self_training_rounds` later rounds, a
+    teacher labels `unlabeled_dataset`, a selection rule keeps the confident predictions, and a student trains on
+    labeled + selected rows and becomes the next teacher (see [`SemiSupervisedConfig`]). The rounds run in
+    [`~hf_semisup.rounds.RoundLoop`] over the run's one state, `run_state`; this class is the loop's host: it fits a
+    round, evaluates, saves and moves weights. With `args.consistency_weight > 0`, every training step also adds the
+    consistency loss of [`~hf_semisup.consistency.ConsistencyRegularizer`].
 
     Args:
         model (`PreTrainedModel`, `torch.nn.Module`, [`~peft.PeftModel`] or `str`):
             The classifier, or a name or path loaded with `AutoModelForSequenceClassification.from_pretrained` and
-            `args.model_init_kwargs` (its `num_labels` and label names then come from the labeled set). A `PeftModel`
-            (loaded with `is_trainable=True`) trains its adapter and classification head; then `peft_config` must be
-            `None`.
+            `args.model_init_kwargs` (its head sized and named after the labeled set's classes). A `PeftModel` (loaded
+            with `is_trainable=True`) trains its adapter and head; `peft_config` must then be `None`.
         args ([`SemiSupervisedConfig`], *optional*):
-            The configuration. `None` builds a default one writing to `<model name>-semisup`; a plain
-            `TrainingArguments` is converted, with the semi-supervised fields at their defaults.
+            `None` builds a default one writing to `<model name>-semisup`; a plain `TrainingArguments` is converted.
         train_dataset ([`~datasets.Dataset`]):
             The labeled set: raw text (`args.text_column`) or tokenized (`input_ids`), with labels (`args.label_column`)
             as ints or class names.
@@ -76,29 +80,23 @@ class SemiSupervisedTrainer(
             Tokenizes raw text. Loaded from `model` when it is a name and this is `None`.
         compute_metrics (`Callable`, *optional*):
             Defaults to accuracy and macro-F1.
+        callbacks (`list[TrainerCallback]`, *optional*):
+            As for `Trainer`; they may also define the round events of `callbacks.py` (`on_round_end`, ...).
         unlabeled_dataset ([`~datasets.Dataset`] or [`~datasets.IterableDataset`], *optional*):
-            The unlabeled pool, raw or tokenized. A label column in it is never trained on; it only feeds the
-            `pseudo_label_accuracy` diagnostic (not for an `IterableDataset`). Required when
-            `args.self_training_rounds > 0` or `args.consistency_weight > 0`. Rows whose text is also in the labeled
-            set are dropped, with a warning. A `Dataset` is tokenized once for all rounds and memory-mapped (an
-            in-memory one is written under `<output_dir>/pseudo_labels/cache`); an `IterableDataset` is tokenized as
-            it is read, every round.
+            The unlabeled pool, raw or tokenized; required when `args.self_training_rounds > 0` or
+            `args.consistency_weight > 0`. A label column is never trained on: it feeds `pseudo_label_accuracy`. Rows
+            whose text is also labeled are dropped, with a warning. A `Dataset` is tokenized once and memory-mapped (an
+            in-memory one under `<output_dir>/pseudo_labels/cache`); an `IterableDataset` as it is read, every round.
         peft_config ([`~peft.PeftConfig`], *optional*):
-            Wrap `model` with this adapter, e.g. `LoraConfig(task_type="SEQ_CLS", r=8)`: only the adapter and the
-            classification head train, the base stays frozen, and pseudo-labels come from the adapted model. With
-            `student_init="reset"` each round starts from the initial adapter and head. `save_model` writes the
-            adapter, or the merged model when `args.save_merged_model` is set.
+            Wrap `model` with this adapter (e.g. `LoraConfig(task_type="SEQ_CLS", r=8)`): only the adapter and head
+            train, and `student_init="reset"` restarts them each round. `save_model` writes the adapter, or the merged
+            model with `args.save_merged_model`.
 
-    Saving to `output_dir` (not to a checkpoint) also writes `self_training_history.json` and a model card
-    (`README.md`); `push_to_hub` uploads them with the model and tokenizer.
-
-    Other arguments are those of [`~transformers.Trainer`], in the same order.
-
-    Reliability: every checkpoint carries the self-training state (see `checkpointing.py`), so
-    `train(resume_from_checkpoint=True)` resumes an interrupted run where it stopped; each round is seeded with
-    `args.seed + round`, so one seed gives one result. A non-finite loss stops the run with [`NonFiniteError`]; the
-    `collapse_alarm_margin` and `rollback_on_worse_eval` guard rails are recorded in `self_training_history`.
-    Generators of extensions (e.g. an unlabeled sampler's) are checkpointed once registered in `checkpointed_rngs`.
+    Other arguments are those of [`~transformers.Trainer`], in the same order. A save to `output_dir` (not a
+    checkpoint) also writes `self_training_history.json` and the model card. Every checkpoint carries the run's state,
+    so `train(resume_from_checkpoint=True)` resumes where a run stopped; round `r` is seeded with `args.seed + r`; a
+    non-finite loss raises [`NonFiniteError`]. Generators of extensions are checkpointed once registered in
+    `checkpointed_rngs`.
     """
 
     _tag_names = ["hf-semisup", "semi-supervised", "text-classification"]
@@ -124,50 +122,18 @@ class SemiSupervisedTrainer(
         # Args
         if isinstance(model, os.PathLike):
             model = os.fspath(model)  # a `pathlib.Path` to a saved model loads like its string
-        args = self._resolve_args(args, model)
+        args = resolve_args(args, model)
         if train_dataset is None:
             raise ValueError("`train_dataset` (the labeled set) is required.")
         check_dataset_types(
             train_dataset=train_dataset, eval_dataset=eval_dataset, unlabeled_dataset=unlabeled_dataset
         )
-        # Unset, the trainer chooses once the model and tokenizer are loaded (below), and writes its choice back; a
-        # config reused for another trainer chooses again. Only a value the user set is checked here.
-        consistency_chosen = args.consistency_weight is None or getattr(args, "_consistency_weight_chosen", False)
-        if consistency_chosen:
-            args._consistency_weight_chosen = True
+        # Unset, `consistency_weight` is chosen once the model and tokenizer are known (below) and written back, so that
+        # the card and history say what ran; a config reused for another trainer chooses again.
+        choose_consistency = args.consistency_weight is None or args._consistency_weight_chosen
+        args._consistency_weight_chosen = choose_consistency
+        if choose_consistency:
             args.consistency_weight = None
-        explicit_weight = args.consistency_weight or 0.0
-        if (args.self_training_rounds > 0 or explicit_weight > 0) and unlabeled_dataset is None:
-            raise ValueError(
-                "`unlabeled_dataset` is required when `self_training_rounds` > 0 or `consistency_weight` > 0 (got "
-                f"self_training_rounds={args.self_training_rounds}, consistency_weight={args.consistency_weight})."
-            )
-        if explicit_weight > 0 and isinstance(unlabeled_dataset, datasets.IterableDataset):
-            raise ValueError(
-                f"`consistency_weight`={args.consistency_weight} needs a `datasets.Dataset` as `unlabeled_dataset` "
-                "(its sampler reshuffles the pool each pass); got an `IterableDataset`."
-            )
-        if explicit_weight > 0 and compute_loss_func is not None:
-            raise ValueError(
-                f"`compute_loss_func` cannot be combined with `consistency_weight`={args.consistency_weight}: the "
-                "consistency loss computes the supervised cross-entropy itself."
-            )
-        if args.soft_pseudo_labels and compute_loss_func is not None:
-            raise ValueError(
-                "`compute_loss_func` cannot be combined with `soft_pseudo_labels`=True: the soft pseudo-label loss "
-                "computes the cross-entropy itself."
-            )
-        metric = args.metric_for_best_model
-        if metric is not None and compute_metrics is None and not isinstance(eval_dataset, dict):
-            if metric.removeprefix("eval_") not in DEFAULT_METRIC_NAMES:
-                raise ValueError(
-                    f"`metric_for_best_model`={metric!r} is not a metric of the evaluation: with the default "
-                    f"`compute_metrics` it is one of {', '.join(map(repr, DEFAULT_METRIC_NAMES))}."
-                )
-        if args.rollback_on_worse_eval and eval_dataset is None:
-            raise ValueError(
-                "`rollback_on_worse_eval`=True compares eval metrics between rounds: pass an `eval_dataset`."
-            )
 
         # Processing class
         if isinstance(model, str):
@@ -176,14 +142,10 @@ class SemiSupervisedTrainer(
             processing_class = AutoTokenizer.from_pretrained(model, **file_location_kwargs(args.model_init_kwargs))
 
         # Model
-        label_names = (
-            label_names_of(train_dataset, args.label_column)
-            if args.label_column in train_dataset.column_names
-            else None
-        )
+        has_labels = args.label_column in train_dataset.column_names
+        label_names = label_names_of(train_dataset, args.label_column) if has_labels else None
         if isinstance(model, str):
-            set_seed(args.seed)  # the new classification head must not depend on the caller's RNG state
-            model = self._create_model(model, train_dataset, args)
+            model = load_model(model, args, train_dataset)
         if model is None:
             raise ValueError("`model` is required (a model, or a name or path to load).")
         align_label_names(model.config, label_names)
@@ -191,36 +153,32 @@ class SemiSupervisedTrainer(
         # PEFT
         model = prepare_peft_model(model, peft_config)
 
-        if consistency_chosen:
-            args.consistency_weight = self._default_consistency_weight(
+        # The run's rules, now that the model and the data are known
+        if choose_consistency:
+            args.consistency_weight = default_consistency_weight(
                 unlabeled_dataset, processing_class, compute_loss_func, model.config.num_labels
             )
-
-        # Datasets
-        prepare = dict(
-            tokenizer=processing_class,
-            text_column=args.text_column,
-            label_column=args.label_column,
-            label2id=model.config.label2id,
-            num_labels=model.config.num_labels,
-            max_length=args.max_length,
+        check_run(
+            args,
+            model=model,
+            unlabeled_dataset=unlabeled_dataset,
+            eval_dataset=eval_dataset,
+            compute_loss_func=compute_loss_func,
+            compute_metrics=compute_metrics,
         )
-        with args.main_process_first(desc="dataset preparation"):
-            self.labeled_dataset, _ = prepare_dataset(train_dataset, name="labeled set (`train_dataset`)", **prepare)
-            check_every_class_labeled(self.labeled_dataset["labels"], model.config.id2label, "labeled set")
-            warn_on_unknown_tokens(self.labeled_dataset, processing_class, "labeled set")
-            if eval_dataset is not None:
-                eval_dataset = self._prepare_eval(eval_dataset, prepare)
-            if isinstance(unlabeled_dataset, datasets.Dataset) and len(unlabeled_dataset):
-                unlabeled_dataset = drop_labeled_duplicates(train_dataset, unlabeled_dataset, args.text_column)
-            self.unlabeled_source = unlabeled_dataset
-            self.unlabeled_dataset, self.unlabeled_gold_labels = self._prepare_unlabeled(
-                unlabeled_dataset, prepare, args
-            )
 
-        # Collator
+        # Datasets: tokenized, label-mapped and checked once, here
+        prepared = prepare_datasets(
+            args, processing_class, model.config, train_dataset, eval_dataset, unlabeled_dataset
+        )
+        self.labeled_dataset, eval_dataset = prepared.labeled, prepared.eval
+        self.unlabeled_source, self.unlabeled_dataset = prepared.unlabeled_source, prepared.unlabeled
+        self.unlabeled_gold_labels = prepared.unlabeled_gold_labels
+
+        # Collator and metrics
         if data_collator is None and processing_class is not None:
             data_collator = DataCollatorWithPadding(processing_class)
+        default_metrics = compute_metrics is None
         if compute_metrics is None:
             compute_metrics = compute_classification_metrics
 
@@ -248,108 +206,44 @@ class SemiSupervisedTrainer(
         # Consistency
         self.consistency = None
         if args.consistency_weight > 0:
-            if self.model.config.num_labels < 2:
-                raise ValueError(
-                    f"`consistency_weight` > 0 needs a classifier with >= 2 labels, got `num_labels`="
-                    f"{self.model.config.num_labels}."
-                )
+            augmentation = build_augmentation(args, self.processing_class)
             self.consistency = ConsistencyRegularizer(
-                args, self.unlabeled_dataset, self.processing_class, self.accelerator
+                args, self.unlabeled_dataset, self.processing_class, self.accelerator, augmentation
             )
 
-        # Self-training state
-        if args.soft_pseudo_labels and self.model.config.num_labels < 2:
-            raise ValueError(
-                f"`soft_pseudo_labels`=True needs a classifier with >= 2 labels, got `num_labels`="
-                f"{self.model.config.num_labels}."
-            )
-        if args.pseudo_label_top_k > self.model.config.num_labels:
-            raise ValueError(
-                f"`pseudo_label_top_k` must be at most the model's {self.model.config.num_labels} classes, got "
-                f"{args.pseudo_label_top_k}."
-            )
-        self._user_optimizers = optimizers[0] is not None
-        self._initial_state = None
-        if args.self_training_rounds > 0 and (args.student_init == "reset" or args.first_teacher == "embeddings"):
-            self._initial_state = self._copy_state()
-        counts = np.bincount(self.labeled_dataset["labels"], minlength=self.model.config.num_labels)
+        # Self-training state: the loop's (see `state.py`), the classes it balances, and the callbacks that report it
+        self.class_names = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+        counts = np.bincount(self.labeled_dataset["labels"], minlength=model.config.num_labels)
         self.class_prior = counts / counts.sum()
-        self.current_round = 0
-        self.self_training_phase = None
-        self.best_round = None
-        self.self_training_history: list[dict] = []
+        self._user_optimizers = optimizers[0] is not None
+        self.run_state = RunState(seed=args.seed)
+        if args.self_training_rounds > 0 and (
+            args.student_init == "reset" or needs_initial_weights(args.first_teacher)
+        ):
+            self.run_state.weights["initial"] = self.copy_weights()
         # Generators (e.g. an unlabeled sampler's) saved per process with every checkpoint: see checkpointing.py.
         self.checkpointed_rngs: dict = {}
-        self._round_record, self._round_loss_sum, self._pseudo_labels_file = None, 0.0, None
-
-    # ---- Construction helpers ---------------------------------------------------------------------------------------
-    @staticmethod
-    def _resolve_args(args, model) -> SemiSupervisedConfig:
-        if args is None:
-            name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "")
-            return SemiSupervisedConfig(output_dir=f"{os.path.basename(str(name).rstrip('/')) or 'model'}-semisup")
-        if not isinstance(args, SemiSupervisedConfig):
-            values = {k: v for k, v in args.to_dict().items() if k in SemiSupervisedConfig.__dataclass_fields__}
-            values = {k: v for k, v in values.items() if SemiSupervisedConfig.__dataclass_fields__[k].init}
-            values.pop("push_to_hub_token", None)
-            return SemiSupervisedConfig(**values)
-        return args
-
-    @staticmethod
-    def _default_consistency_weight(unlabeled_dataset, tokenizer, compute_loss_func, num_labels: int) -> float:
-        """`consistency_weight` when unset: on wherever the pool and the trainer allow it (see `SemiSupervisedConfig`).
-        The consistency sampler reshuffles a `Dataset` (not a stream), token dropout needs a tokenizer that can pad, the
-        consistency loss computes the supervised loss itself, and a regression head has no distribution to keep."""
-        allowed = (
-            isinstance(unlabeled_dataset, datasets.Dataset)
-            and len(unlabeled_dataset) > 0
-            and getattr(tokenizer, "pad_token_id", None) is not None
-            and compute_loss_func is None
-            and num_labels >= 2
+        eval_sets = eval_dataset if isinstance(eval_dataset, dict) else {None: eval_dataset}
+        self.model_card_facts = ModelCardFacts(
+            self.labeled_dataset, self.unlabeled_dataset, eval_sets, default_metrics=default_metrics
         )
-        return DEFAULT_CONSISTENCY_WEIGHT if allowed else 0.0
+        self.add_callback(RoundLogCallback(self))
+        self.add_callback(ModelCardCallback(self.model_card_facts))
 
-    @staticmethod
-    def _create_model(name: str, train_dataset, args) -> PreTrainedModel:
-        init_kwargs = dict(args.model_init_kwargs or {})
-        config = AutoConfig.from_pretrained(name, **file_location_kwargs(init_kwargs))
-        return load_classifier(name, init_kwargs, **head_label_kwargs(config, train_dataset, args.label_column))
+    # ---- The run's state, as earlier versions named it --------------------------------------------------------------
+    @property
+    def self_training_history(self) -> list[dict]:
+        """One record per finished round (see the README's Diagnostics)."""
+        return self.run_state.history
 
-    @staticmethod
-    def _prepare_unlabeled(unlabeled_dataset, prepare, args):
-        name = "unlabeled set (`unlabeled_dataset`)"
-        if isinstance(unlabeled_dataset, datasets.IterableDataset):
-            stream_args = {k: prepare[k] for k in ("text_column", "max_length")}
-            return prepare_stream(unlabeled_dataset, prepare["tokenizer"], name=name, **stream_args), None
-        if unlabeled_dataset is None or (
-            args.self_training_rounds == 0 and args.consistency_weight == 0 and not len(unlabeled_dataset)
-        ):
-            return None, None
-        cache_dir = os.path.join(args.output_dir, PSEUDO_LABELS_DIR, "cache")
-        return prepare_dataset(
-            unlabeled_dataset, name=name, labels="hide", add_length=True, cache_dir=cache_dir, **prepare
-        )
+    @property
+    def best_round(self) -> int | None:
+        """The round whose model was kept by `load_best_model_at_end`, else `None`."""
+        return self.run_state.best_round
 
-    @staticmethod
-    def _prepare_eval(eval_dataset, prepare):
-        if isinstance(eval_dataset, dict):
-            return {
-                key: prepare_dataset(value, name=f"eval set {key!r} (`eval_dataset`)", **prepare)[0]
-                for key, value in eval_dataset.items()
-            }
-        return prepare_dataset(eval_dataset, name="eval set (`eval_dataset`)", **prepare)[0]
-
-    def _copy_state(self) -> dict[str, torch.Tensor]:
-        # A PEFT base is frozen: the adapter and head are the whole state, a fraction of the model's size.
-        if is_peft_model(self.model):
-            return trainable_state(self.model)
-        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
-
-    def _load_state(self, state: dict[str, torch.Tensor]):
-        if is_peft_model(self.model):
-            load_trainable_state(self.model, state)
-        else:
-            self.model.load_state_dict(state)
+    @property
+    def current_round(self) -> int:
+        return self.run_state.round
 
     # ---- Raw-text evaluation and prediction -------------------------------------------------------------------------
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
@@ -369,17 +263,35 @@ class SemiSupervisedTrainer(
         return prepare_dataset(dataset, name=name, labels=labels, **self._prepare_kwargs())[0]
 
     def _prepare_kwargs(self) -> dict:
-        """What `prepare_dataset` needs from the trainer: the tokenizer, the columns, the model's classes, the length."""
-        return dict(
-            tokenizer=self.processing_class,
-            text_column=self.args.text_column,
-            label_column=self.args.label_column,
-            label2id=self.model.config.label2id,
-            num_labels=self.model.config.num_labels,
-            max_length=self.args.max_length,
-        )
+        return prepare_kwargs(self.args, self.processing_class, self.model.config)
 
-    # ---- Consistency hooks ------------------------------------------------------------------------------------------
+    def pseudo_label(
+        self, dataset: datasets.Dataset | datasets.IterableDataset | None = None
+    ) -> datasets.Dataset | datasets.IterableDataset:
+        """
+        The current model's prediction for every row of `dataset` (default: the unlabeled set), in order. Call it on
+        every process: each labels its share and all return the same result.
+
+        Returns:
+            [`~datasets.Dataset`] (or [`~datasets.IterableDataset`] for one): `dataset` with more columns:
+            `pseudo_label` (`int`, the argmax class), `confidence` (`float`, the top softmax probability) and, when
+            `args.pseudo_label_top_k` is set, `top_k_labels` and `top_k_probabilities`.
+        """
+        if dataset is None and self.unlabeled_dataset is None:
+            raise ValueError("`pseudo_label()` needs a dataset: none was given and there is no `unlabeled_dataset`.")
+        if dataset is None:
+            source, prepared = self.unlabeled_source, self.unlabeled_dataset
+        else:
+            source, prepared = dataset, prepare_to_label(self.args, self.processing_class, self.model.config, dataset)
+        self._move_model_to_device(self.model, self.args.device)
+        predictions = predict_pool(
+            self.model, prepared, self.data_collator, self.accelerator, self.args.per_device_eval_batch_size,
+            top_k=self.args.pseudo_label_top_k, desc=f"Pseudo-labeling (round {self.current_round})",
+            disable_tqdm=self.args.disable_tqdm,
+        )  # fmt: skip
+        return with_prediction_columns(source, predictions)
+
+    # ---- Losses and logs ----------------------------------------------------------------------------------------------
     @property
     def loss_is_scaled_for_ga(self) -> bool | None:
         # The consistency loss normalizes both terms over the whole accumulated batch itself.
@@ -402,26 +314,37 @@ class SemiSupervisedTrainer(
             )
         if soft_targets is None:  # evaluation, or hard labels
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        return self._soft_label_loss(model, inputs, soft_targets, return_outputs)
-
-    def _soft_label_loss(self, model, inputs, soft_targets, return_outputs=False):
-        """
-        The mean over the micro-batch's rows of `weight * CE(soft target)`: the hard path's per-batch mean, which the
-        Trainer then divides by the gradient accumulation steps.
-        """
-        inputs = {k: v for k, v in inputs.items() if k != "labels"}  # the model's own (hard) loss is not wanted
-        outputs = model(**inputs)
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        targets, weights = soft_targets
-        losses = soft_cross_entropy(logits, targets, weights, self.args.label_smoothing_factor)
-        loss = losses.sum() / max(len(losses), 1)
-        return (loss, outputs) if return_outputs else loss
+        return soft_label_loss(model, inputs, soft_targets, self.args.label_smoothing_factor, return_outputs)
 
     def _set_signature_columns_if_needed(self):
         # Soft targets travel as dataset columns the model's forward does not take: `remove_unused_columns` must keep
         # them for `compute_loss`, which pops them (trl's trainers extend the signature columns the same way).
         super()._set_signature_columns_if_needed()
         self._signature_columns += [c for c in SOFT_TARGET_COLUMNS if c not in self._signature_columns]
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        value = gathered_loss(loss, self.accelerator)
+        if not math.isfinite(value):
+            self._stop_on_non_finite_loss(value)
+        if self.run_state.loss_sum is not None:
+            self.run_state.loss_sum += value
+        return loss
+
+    def _stop_on_non_finite_loss(self, value: float):
+        step, run = self.state.global_step + 1, self.run_state
+        message = (
+            f"Round {run.round}: the training loss is {value} at step {step} (of {self.state.max_steps}). Training "
+            "stopped before this step's update, so no checkpoint or model holds non-finite weights. Lower "
+            "`learning_rate`, set `max_grad_norm`, or check the inputs of this step."
+        )
+        logger.error(message)
+        run.history.append(
+            {**(run.record or {"round": run.round}), "stopped": "non_finite_loss", "stopped_at_step": step}
+        )
+        if self.args.should_save:
+            write_json_atomic(os.path.join(self.args.output_dir, HISTORY_NAME), run.history)
+        raise NonFiniteError(message)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Only training logs (they carry "loss") fold the metrics in: every process logs those at the same step.
@@ -431,135 +354,94 @@ class SemiSupervisedTrainer(
         # earlier rounds' steps added) so that the rounds follow each other on TensorBoard's and W&B's x axis instead
         # of being drawn over each other. Only the logs see it: checkpoints and resume count the round's own steps.
         round_step = self.state.global_step
-        self.state.global_step = round_step + self._logged_step_offset()
+        self.state.global_step = round_step + self.run_state.logged_step_offset()
         try:
             super().log(logs, start_time)
         finally:
             self.state.global_step = round_step
 
-    def _logged_step_offset(self) -> int:
-        """The optimizer steps of the rounds before the current one: what [`log`] adds to the round's step."""
-        return sum(r.get("train_steps", 0) for r in self.self_training_history if r["round"] < self.current_round)
-
-    # ---- Round loop ---------------------------------------------------------------------------------------------------
+    # ---- Rounds (the host side of `RoundLoop`) -------------------------------------------------------------------------
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """
-        Round 0 trains on the labeled set; each later round pseudo-labels the pool with the current model and trains a
-        student on labeled + selected rows. Returns the last round's [`~transformers.trainer_utils.TrainOutput`].
+        Round 0 trains on the labeled set; each later round pseudo-labels the pool and trains a student on labeled +
+        selected rows. Returns the last round's [`~transformers.trainer_utils.TrainOutput`].
 
         `resume_from_checkpoint=True` resumes from the latest saved state under `output_dir`: a Trainer checkpoint of
         any round, the end of a labeling pass, or the end of a round. Finished rounds are skipped and an interrupted
         round reuses its saved pseudo-labels, so the run ends with the history and (on CPU) the model of an
         uninterrupted one. A path resumes from that folder instead.
         """
-        self.self_training_history = []
-        self.best_round, self._best_metric, self._best_state, self._previous_state = None, None, None, None
-        self._model_round = None
-        resumed, resumed_dir = self._resume(resume_from_checkpoint)
-        if resumed is not None and resumed.phase == "done":
-            self._load_best_round()
-            return TrainOutput(**resumed.train_output)
+        loop = RoundLoop(self, self.run_state)
+        return loop.train(resume_from_checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
 
-        output = None
-        for round_ in range(resumed.round if resumed else 0, self.args.self_training_rounds + 1):
-            self.current_round = round_
-            here = resumed if resumed is not None and resumed.round == round_ else None
-            record = self._round_record = {"round": round_, "threshold": None}  # set by a round's selection
-            self._pseudo_labels_file = None
-            if round_ == 0:
-                self.train_dataset = self.labeled_dataset
-                record["num_pseudo_labels"] = 0
-                record["pseudo_label_class_counts"] = {str(n): 0 for n in self.model.config.id2label.values()}
-                record["collapse_alarm"] = False
-            else:
-                if here is not None and here.phase == "fitting":
-                    self._pseudo_labels_file = here.pseudo_labels_file
-                    path = os.path.join(self.args.output_dir, here.pseudo_labels_file)
-                    pseudo_labels = load_pseudo_labels(path, len(self.unlabeled_dataset))
-                else:
-                    pseudo_labels = self._label_and_select()
-                    self._save_pseudo_labels(pseudo_labels)
-                self.train_dataset = self._pseudo_labeled_train_set(record, pseudo_labels)
-                self._start_student()
-            record["num_train_examples"] = len(self.train_dataset)
+    def labeling_model(self):
+        """The model, on its device, for a teacher to label the pool with."""
+        self._move_model_to_device(self.model, self.args.device)
+        return self.model
 
-            self.self_training_phase = "fitting"
-            checkpoint = resumed_dir if here is not None and here.step > 0 else None
-            self._round_loss_sum = here.loss_sum if checkpoint is not None else 0.0
-            self._seed_round(round_)
-            max_steps, epochs = self.args.max_steps, self.args.num_train_epochs
-            self.args.max_steps = self.args.round_max_steps(
-                len(self.train_dataset), self.accelerator.num_processes, round_=round_
-            )
-            self.args.num_train_epochs = self.args.round_epochs(round_)
-            if self.args.max_steps != max_steps:
-                logger.info(
-                    f"Round {round_}: {self.args.num_train_epochs:g} epochs of {len(self.train_dataset)} examples are "
-                    f"fewer than `min_steps_per_round`={self.args.min_steps_per_round} optimizer steps: training "
-                    f"{self.args.max_steps} steps."
-                )
-            try:
-                output = super().train(
-                    resume_from_checkpoint=checkpoint, trial=trial, ignore_keys_for_eval=ignore_keys_for_eval, **kwargs
-                )
-            finally:
-                self.args.max_steps, self.args.num_train_epochs = max_steps, epochs
-            check_finite_model(self.model, f"Round {round_}, end of training")
-            loss_sum = self._round_loss_sum
-            record["train_loss"] = output.training_loss if loss_sum is None else loss_sum / max(output.global_step, 1)
-            record["train_steps"] = output.global_step
-            if self.eval_dataset is not None:
-                record.update(deterministic_metrics(self.evaluate(ignore_keys=ignore_keys_for_eval)))
-            record = synchronize_record(self.accelerator, record)
-
-            stop = self._rollback_if_worse(record)
-            if not stop:
-                self._track_best_round(record)
-            self._model_round = round_ - 1 if stop else round_
-            self._end_round(record)
-            self._save_round_end(output, done=stop or round_ == self.args.self_training_rounds)
-            if stop:
-                break
-
-        self._load_best_round()
-        return output
-
-    def _start_student(self):
-        # The initial state is also kept for the prototype teacher, so its presence does not mean `reset`.
+    def start_student(self, round_: int):
         if self.args.student_init == "reset":
-            self._load_state(self._initial_state)
+            self.load_weights(self.run_state.weights["initial"])
         if not self._user_optimizers:
             self.optimizer, self.lr_scheduler = None, None
         self.model_wrapped = self.model  # a fresh DDP wrapper for the new optimizer
 
-    def _seed_round(self, round_: int):
+    def fit_round(self, round_: int, train_set, checkpoint: str | None, **train_kwargs) -> TrainOutput:
+        """`Trainer.train` on `train_set`, seeded for the round, for the round's length (see `round_max_steps`)."""
+        self.train_dataset = train_set
         # Each round starts from its own seed, so its training depends only on its inputs, never on how much randomness
         # the rounds before it used: a run resumed at a round boundary then matches an uninterrupted one.
         seed = self.args.seed + round_
         enable_full_determinism(seed) if self.args.full_determinism else set_seed(seed)
+        max_steps, epochs = self.args.max_steps, self.args.num_train_epochs
+        world_size = self.accelerator.num_processes
+        self.args.max_steps = self.args.round_max_steps(len(train_set), world_size, round_=round_)
+        self.args.num_train_epochs = self.args.round_epochs(round_)
+        if self.args.max_steps != max_steps:
+            logger.info(
+                f"Round {round_}: {self.args.num_train_epochs:g} epochs of {len(train_set)} examples are fewer than "
+                f"`min_steps_per_round`={self.args.min_steps_per_round} optimizer steps: training "
+                f"{self.args.max_steps} steps."
+            )
+        try:
+            output = super().train(resume_from_checkpoint=checkpoint, **train_kwargs)
+        finally:
+            self.args.max_steps, self.args.num_train_epochs = max_steps, epochs
+        check_finite_model(self.model, f"Round {round_}, end of training")
+        return output
 
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        value = gathered_loss(loss, self.accelerator)
-        if not math.isfinite(value):
-            self._stop_on_non_finite_loss(value)
-        if self._round_loss_sum is not None:
-            self._round_loss_sum += value
-        return loss
+    def evaluate_round(self, ignore_keys=None) -> dict:
+        if self.eval_dataset is None:
+            return {}
+        return deterministic_metrics(self.evaluate(ignore_keys=ignore_keys))
 
-    def _stop_on_non_finite_loss(self, value: float):
-        step = self.state.global_step + 1
-        message = (
-            f"Round {self.current_round}: the training loss is {value} at step {step} (of {self.state.max_steps}). "
-            "Training stopped before this step's update, so no checkpoint or model holds non-finite weights. Lower "
-            "`learning_rate`, set `max_grad_norm`, or check the inputs of this step."
-        )
-        logger.error(message)
-        record = {**(self._round_record or {"round": self.current_round})}
-        record.update(stopped="non_finite_loss", stopped_at_step=step)
-        self.self_training_history.append(record)
-        self._write_history()
-        raise NonFiniteError(message)
+    def copy_weights(self) -> dict[str, torch.Tensor]:
+        return copy_weights(self.model)
+
+    def load_weights(self, weights: dict[str, torch.Tensor]):
+        load_weights(self.model, weights)
+
+    def save_round_model(self, directory: str):
+        self.save_model(directory, _internal_call=True)
+
+    def load_round_model(self, directory: str):
+        self._load_from_checkpoint(directory)
+
+    def keep_best_round(self, round_: int, metric: float, directory: str | None):
+        # `Trainer` kept the best checkpoint of the last round it trained: say which round's model this is instead.
+        self.state.best_metric, self.state.best_model_checkpoint = metric, directory
+
+    def round_event(self, event: str, **kwargs):
+        call_round_event(self.callback_handler, event, self.args, self.state, self.control, **kwargs)
+
+    # ---- Checkpoints, saving and the Hub -----------------------------------------------------------------------------
+    def _save_checkpoint(self, model, trial):
+        run, step = self.run_state, self.state.global_step
+        check_finite_model(self.model, f"Round {run.round}, checkpoint at step {step}")
+        run.step = step
+        directory = os.path.join(self._get_output_dir(trial), f"{PREFIX_CHECKPOINT_DIR}-{step}")
+        with saving_state(directory, run, self.accelerator, self.args.should_save, self.checkpointed_rngs):
+            super()._save_checkpoint(model, trial)
 
     def _get_output_dir(self, trial) -> str:
         # Checkpoints of different rounds must not overwrite each other: each round saves under its own folder.
@@ -567,3 +449,38 @@ class SemiSupervisedTrainer(
         if self.args.self_training_rounds == 0:
             return output_dir
         return os.path.join(output_dir, f"round-{self.current_round}")
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """
+        Save the model (the adapter with PEFT, or the merged model if `args.save_merged_model`) and tokenizer; outside
+        checkpoints also `self_training_history.json` and the model card. Pushes when `args.push_to_hub` is set.
+        """
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        save_with_history_and_card(self, output_dir, super().save_model)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """[`~transformers.Trainer.init_hf_repo`], its failure (offline, no token, no right to the repo) in one line."""
+        try:
+            super().init_hf_repo(token=token, private=private)
+        except Exception as error:  # `huggingface_hub` and `httpx` errors share no base class short of `Exception`
+            raise hub_unreachable_error(error, self.args) from error
+
+    def push_to_hub(self, *args, **kwargs):
+        with upload_ignoring(HUB_IGNORE_PATTERNS):
+            return super().push_to_hub(*args, **kwargs)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        with upload_ignoring(HUB_IGNORE_PATTERNS):
+            return super()._push_from_checkpoint(checkpoint_folder)
+
+    def create_model_card(self, language=None, license=None, tags=None, model_name=None, finetuned_from=None,
+                          tasks=None, **kwargs):  # fmt: skip
+        """
+        Write the semi-supervised model card to `output_dir/README.md` (main process only); the arguments are
+        [`~hf_semisup.model_card.build_model_card`]'s. `tasks` is ignored: the task is always text classification.
+        """
+        if self.is_world_process_zero():
+            card = dict(language=language, license=license, tags=tags, model_name=model_name)
+            write_model_card(self, self.args.output_dir, finetuned_from=finetuned_from, **card, **kwargs)

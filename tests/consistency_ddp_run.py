@@ -25,14 +25,14 @@ def main():
         output_dir, tokenizer, per_device_train_batch_size=4, consistency_confidence=confidence
     )
     drawn = []
-    draw = trainer.consistency._unlabeled_batch
+    draw = trainer.consistency.unlabeled_batch
 
     def recording_draw(k, round_):
         batch, positions = draw(k, round_)
-        drawn.append(trainer.consistency._sampler.indices(k))
+        drawn.append(trainer.consistency.sampler.indices(k))
         return batch, positions
 
-    trainer.consistency._unlabeled_batch = recording_draw
+    trainer.consistency.unlabeled_batch = recording_draw
     trainer.train()
     rank = trainer.accelerator.process_index
     torch.save(

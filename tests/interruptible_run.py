@@ -23,6 +23,7 @@ from conftest import make_model, make_tokenizer, tiny_config, toy_dataset  # noq
 from transformers import TrainerCallback  # noqa: E402
 
 from hf_semisup import SemiSupervisedTrainer  # noqa: E402
+from hf_semisup.teachers import TEACHERS, Teacher, register_teacher  # noqa: E402
 
 
 KILLED = 17
@@ -42,9 +43,22 @@ class TokenDropoutTrainer(SemiSupervisedTrainer):
         ids = ids.masked_fill(dropped, self.processing_class.mask_token_id)
         return super().compute_loss(model, {**inputs, "input_ids": ids}, *args, **kwargs)
 
-    def _label_and_select(self):
-        record_event(self.args.output_dir, {"labeled_round": self.current_round})
-        return super()._label_and_select()
+
+def recorded(factory):
+    """A teacher that records each labeling pass (a resumed round that reuses its saved pass records none)."""
+
+    class RecordingTeacher(Teacher):
+        needs_initial_weights = factory().needs_initial_weights
+
+        def label(self, context):
+            record_event(context.config.output_dir, {"labeled_round": context.round})
+            return factory().label(context)
+
+    return RecordingTeacher
+
+
+for name, factory in list(TEACHERS.items()):
+    register_teacher(name, recorded(factory))
 
 
 def record_event(output_dir, event):

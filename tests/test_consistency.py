@@ -485,10 +485,10 @@ def test_two_process_training(tmp_path, tokenizer):
     # The reference: one process with the batch of both.
     reference = consistency_trainer(tmp_path / "single", tokenizer, consistency_confidence=confidence)
     drawn = []
-    draw = reference.consistency._unlabeled_batch
-    reference.consistency._unlabeled_batch = lambda k, r: (
+    draw = reference.consistency.unlabeled_batch
+    reference.consistency.unlabeled_batch = lambda k, r: (
         draw(k, r),
-        drawn.append(reference.consistency._sampler.indices(k)),
+        drawn.append(reference.consistency.sampler.indices(k)),
     )[0]
     reference.train()
 

@@ -1,6 +1,7 @@
 """`first_teacher="embeddings"`: class prototypes from the initial encoder label the pool in round 1."""
 
 import logging
+from unittest import mock
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -8,17 +9,19 @@ import pytest
 import torch
 from accelerate import Accelerator
 from conftest import make_model, tiny_config, toy_dataset
-from transformers import DataCollatorWithPadding
+from transformers import DataCollatorWithPadding, TrainerCallback
 
 from hf_semisup import SemiSupervisedConfig, SemiSupervisedTrainer
 from hf_semisup.embedding_teacher import (
     PROTOTYPE_TEMPERATURE,
     PrototypeClassifier,
     class_prototypes,
+    label_name_features,
     mean_pooled_embeddings,
     usable_class_names,
 )
 from hf_semisup.selection import select_top_k
+from hf_semisup.teachers import TEACHERS, PrototypeTeacher
 
 
 def embed(model, tokenizer, texts) -> torch.Tensor:
@@ -142,26 +145,33 @@ def run_embedding_teacher(tmp_path, tokenizer, **config):
         **config,
     )
     labeled, pool = toy_dataset(16, seed=1), toy_dataset(40, seed=2)
-    trainer = SemiSupervisedTrainer(
-        model=model, args=args, train_dataset=labeled, processing_class=tokenizer, unlabeled_dataset=pool
-    )
     states = {}
-    original = trainer._predict_with_prototypes
 
-    def spy(top_k):
-        states["before"] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-        result = original(top_k)
-        states["after"] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-        return result
+    def weights(model):
+        return {k: v.clone() for k, v in model.state_dict().items()}
 
-    start_student = trainer._start_student
+    class SpyTeacher(PrototypeTeacher):
+        def label(self, context):
+            states["before"] = weights(context.model)
+            result = super().label(context)
+            states["after"] = weights(context.model)
+            return result
 
-    def student_spy():
-        start_student()
-        states["student"] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    class StudentSpy(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            if trainer.current_round == 1:  # the student, as round 1 starts it
+                states["student"] = weights(model)
 
-    trainer._predict_with_prototypes, trainer._start_student = spy, student_spy
-    trainer.train()
+    trainer = SemiSupervisedTrainer(
+        model=model,
+        args=args,
+        train_dataset=labeled,
+        processing_class=tokenizer,
+        unlabeled_dataset=pool,
+        callbacks=[StudentSpy()],
+    )
+    with mock.patch.dict(TEACHERS, {"embeddings": SpyTeacher}):
+        trainer.train()
     return trainer, initial, states, labeled, pool
 
 
@@ -258,10 +268,11 @@ def test_no_tokenizer_no_label_names(tmp_path, tokenizer, caplog):
         processing_class=tokenizer,
         unlabeled_dataset=toy_dataset(8, seed=1),
     )
-    assert len(trainer._label_name_features()) == 2
-    trainer.processing_class = None  # e.g. pre-tokenized datasets and a collator of their own
+    template, id2label = trainer.args.label_name_template, trainer.model.config.id2label
+    assert len(label_name_features(template, id2label, trainer.processing_class)) == 2
+    # No tokenizer: e.g. pre-tokenized datasets and a collator of their own
     with caplog.at_level(logging.INFO, logger="hf_semisup.embedding_teacher"):
-        assert trainer._label_name_features() is None
+        assert label_name_features(template, id2label, None) is None
     assert "no `processing_class` to tokenize it" in caplog.text
 
 

@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 
 from hf_semisup import NonFiniteError, SemiSupervisedTrainer
 from hf_semisup.guards import collapse_alarm, gathered_loss
+from hf_semisup.rounds import RoundLoop
 
 
 @pytest.fixture(autouse=True)
@@ -123,7 +124,7 @@ def test_collapse_alarm_fires_when_one_class_takes_the_pseudo_labels(tmp_path, t
     for strategy in ("threshold", "topk"):
         trainer.args.selection_strategy = strategy
         record = {"round": 1}
-        trainer._pseudo_labeled_train_set(record)
+        RoundLoop(trainer, trainer.run_state).student_set(1, record)
         assert record["collapse_alarm"] is False
         assert record["num_pseudo_labels"] == 0
 

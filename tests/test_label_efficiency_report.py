@@ -3,10 +3,14 @@
 import json
 import os
 import sys
+from unittest import mock
 
 import datasets
 import numpy as np
 import pytest
+
+from hf_semisup import SemiSupervisedTrainer
+from hf_semisup.teachers import TEACHERS
 
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
@@ -199,16 +203,12 @@ def test_gold_first_teacher_labels_round_1_with_the_given_probabilities(tmp_path
 
     # Round 1 takes its labels from the given probabilities (here the gold labels themselves), not from prototypes.
     gold = {t: np.eye(2)[names.index(label)] for t, label in zip(pool["text"], pool["label"])}
-    config = tiny_config(tmp_path / "run", first_teacher="embeddings", selection_strategy="topk", max_steps=2)
-    trainer = label_efficiency.GoldFirstTeacher(
-        model=make_model(),
-        args=config,
-        train_dataset=labeled,
-        unlabeled_dataset=pool,
-        processing_class=tokenizer,
-        first_teacher_probabilities=gold,
-    )
-    trainer.train()
+    with mock.patch.dict(TEACHERS, {"gold": lambda: label_efficiency.GoldFirstTeacher(gold)}):
+        config = tiny_config(tmp_path / "run", first_teacher="gold", selection_strategy="topk", max_steps=2)
+        trainer = SemiSupervisedTrainer(
+            model=make_model(), args=config, train_dataset=labeled, unlabeled_dataset=pool, processing_class=tokenizer
+        )
+        trainer.train()
     round_1 = trainer.self_training_history[1]
     assert round_1["teacher_pool_accuracy"] == 1.0 and round_1["pseudo_label_accuracy"] == 1.0
     assert trainer.self_training_history[2]["teacher_pool_accuracy"] < 1.0  # later rounds: the student teaches

@@ -304,18 +304,18 @@ def test_method_gives_the_students_epochs(card_run, monkeypatch):
 def test_model_index_split_is_a_hub_split_only(tmp_path):
     import datasets
 
-    from hf_semisup.model_card import _eval_result
+    from hf_semisup.model_card import ModelCardFacts, _eval_result
 
-    trainer = SimpleNamespace(compute_metrics=None)
+    facts = ModelCardFacts(default_metrics=False)
     # A validation file read with `load_dataset("json", ...)` is that builder's "train" split: not what was evaluated.
     path = tmp_path / "validation.jsonl"
     path.write_text('{"text": "good", "label": "positive"}\n')
     local = datasets.load_dataset("json", data_files=str(path), split="train")
     assert local.split == "train"
-    result = _eval_result(trainer, None, local, "accuracy", 0.9, None, None, None)
+    result = _eval_result(facts, None, local, "accuracy", 0.9, None, None, None)
     assert result.dataset_split is None and result.dataset_type == "unknown"
     hub = datasets.Dataset.from_dict(
         {"text": ["good"]}, info=datasets.DatasetInfo(dataset_name="stanfordnlp/imdb"), split="test"
     )
-    result = _eval_result(trainer, None, hub, "accuracy", 0.9, None, None, None)
+    result = _eval_result(facts, None, hub, "accuracy", 0.9, None, None, None)
     assert (result.dataset_split, result.dataset_type) == ("test", "stanfordnlp/imdb")

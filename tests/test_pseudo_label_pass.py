@@ -13,9 +13,9 @@ from hf_semisup import SemiSupervisedConfig, SemiSupervisedTrainer
 from hf_semisup.pseudo_labeling import (
     PseudoLabels,
     length_sorted_shard,
-    load_pseudo_labels,
+    read_pseudo_label_table,
     row_lengths,
-    save_pseudo_labels,
+    write_pseudo_label_table,
 )
 
 
@@ -144,7 +144,7 @@ def test_self_training_with_iterable_pool(tmp_path, tokenizer):
     assert 0 < record["num_pseudo_labels"] <= 25
     assert record["num_train_examples"] == 16 + record["num_pseudo_labels"]
     assert "pseudo_label_accuracy" not in record  # a stream carries no gold labels to the trainer
-    pseudo_labels, selected = load_pseudo_labels(str(tmp_path / "output" / "pseudo_labels" / "round-1.parquet"))
+    pseudo_labels, selected = read_pseudo_label_table(str(tmp_path / "output" / "pseudo_labels" / "round-1.parquet"))
     assert len(pseudo_labels) == len(pool) and len(selected) == record["num_pseudo_labels"]
     # The selected stream rows were written with their pseudo-labels and trained on.
     train_set = trainer.train_dataset.select(range(16, record["num_train_examples"]))
@@ -169,11 +169,11 @@ def test_round_files_hold_every_row_and_the_selection(tmp_path, tokenizer):
     assert sum(table["selected"].to_pylist()) == trainer.self_training_history[1]["num_pseudo_labels"] > 0
 
 
-def test_save_pseudo_labels_is_atomic(tmp_path, monkeypatch):
+def test_pseudo_label_table_is_written_atomically(tmp_path, monkeypatch):
     path = str(tmp_path / "labels" / "round-1.parquet")
     first = PseudoLabels(np.array([1, 0, 1]), np.array([0.9, 0.8, 0.7], dtype=np.float32))
-    save_pseudo_labels(path, first, selected=np.array([0]))
-    loaded, selected = load_pseudo_labels(path)
+    write_pseudo_label_table(path, first, selected=np.array([0]))
+    loaded, selected = read_pseudo_label_table(path)
     assert loaded.labels.tolist() == [1, 0, 1] and selected.tolist() == [0]
     np.testing.assert_array_equal(loaded.confidences, first.confidences)
 
@@ -184,9 +184,9 @@ def test_save_pseudo_labels_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pq, "write_table", write_half_then_fail)
     with pytest.raises(OSError, match="No space left"):
-        save_pseudo_labels(path, PseudoLabels(np.array([0, 0]), np.array([0.5, 0.5], dtype=np.float32)))
+        write_pseudo_label_table(path, PseudoLabels(np.array([0, 0]), np.array([0.5, 0.5], dtype=np.float32)))
     monkeypatch.undo()
-    assert load_pseudo_labels(path)[0].labels.tolist() == [1, 0, 1]  # the previous file is intact
+    assert read_pseudo_label_table(path)[0].labels.tolist() == [1, 0, 1]  # the previous file is intact
     assert os.listdir(tmp_path / "labels") == ["round-1.parquet"]  # and no temporary file is left
 
 

@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 
@@ -16,18 +17,21 @@ from transformers import TrainerCallback
 import hf_semisup
 from hf_semisup import SemiSupervisedTrainer
 from hf_semisup.checkpointing import (
-    SelfTrainingState,
     find_latest_state,
     generator_state,
-    load_pseudo_labels,
+    load_selection,
     restore_generator_state,
-    save_pseudo_labels,
+    save_selection,
+    save_state,
     write_json_atomic,
 )
+from hf_semisup.pseudo_labeling import PseudoLabels
+from hf_semisup.selection import Selection
+from hf_semisup.state import RunState
 
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "interruptible_run.py")
-SAVED_ARRAYS = ("round", "labels", "confidences", "selected")
+SAVED_ARRAYS = ("round", "labels", "confidences", "selected", "threshold")
 KILLED = 17  # the exit code of interruptible_run.py's `os._exit`
 
 
@@ -219,26 +223,28 @@ def test_resume_at_an_epoch_boundary_with_the_consistency_loss(tmp_path, tokeniz
 def test_checkpoint_pseudo_labels_are_arrays_and_earlier_json_files_still_load(tmp_path):
     labels, confidences, selected = np.array([1, 0, 1]), np.array([0.9, 0.6, 0.7], dtype=np.float32), np.array([0, 2])
     path = str(tmp_path / "round-1" / "self_training_pseudo_labels.npz")
-    save_pseudo_labels(path, 1, labels, confidences, selected)
+    save_selection(path, 1, PseudoLabels(labels, confidences), Selection(selected, 0.65))
     with np.load(path) as arrays:  # plain arrays: no pickle needed to read them
         assert sorted(arrays.files) == sorted(SAVED_ARRAYS)
         assert arrays["confidences"].dtype == np.float32
-    got = load_pseudo_labels(path, 3)
-    np.testing.assert_array_equal(got[0], labels)
-    np.testing.assert_array_equal(got[1], confidences)
-    np.testing.assert_array_equal(got[2], selected)
-    assert got[3] is None
+    got, got_selected, thresholds = load_selection(path, 3)
+    np.testing.assert_array_equal(got.labels, labels)
+    np.testing.assert_array_equal(got.confidences, confidences)
+    np.testing.assert_array_equal(got_selected, selected)
+    assert got.top_k_labels is None
+    assert thresholds == (0.65, None)  # the selection itself is saved: a resumed round does not select again
     assert os.listdir(tmp_path / "round-1") == ["self_training_pseudo_labels.npz"]  # no temporary file left
     with pytest.raises(ValueError, match="labels 3 rows, but the unlabeled set .* has 4"):
-        load_pseudo_labels(path, 4)
+        load_selection(path, 4)
 
     # A run interrupted under an earlier version recorded a JSON file in its state.
     legacy = str(tmp_path / "self_training_pseudo_labels.json")
     write_json_atomic(legacy, {"round": 1, "labels": [1, 0, 1], "confidences": [0.9, 0.6, 0.7], "selected": [0, 2]})
-    got = load_pseudo_labels(legacy, 3)
-    np.testing.assert_array_equal(got[0], labels)
-    np.testing.assert_array_equal(got[1], confidences)
-    np.testing.assert_array_equal(got[2], selected)
+    got, got_selected, thresholds = load_selection(legacy, 3)
+    np.testing.assert_array_equal(got.labels, labels)
+    np.testing.assert_array_equal(got.confidences, confidences)
+    np.testing.assert_array_equal(got_selected, selected)
+    assert thresholds is None  # not saved then: the loop runs the rule again
 
 
 def test_resume_without_a_saved_state_is_a_clear_error(tmp_path, tokenizer):
@@ -249,15 +255,15 @@ def test_resume_without_a_saved_state_is_a_clear_error(tmp_path, tokenizer):
 
 def test_latest_state_orders_by_round_phase_and_step(tmp_path):
     saves = {
-        "round-1/checkpoint-8": SelfTrainingState(round=1, phase="fitting", step=8),
-        "round-1/checkpoint-12": SelfTrainingState(round=1, phase="fitting", step=12),
-        "round-1": SelfTrainingState(round=1, phase="fitting", step=0),
-        "round-0/round-end": SelfTrainingState(round=1, phase="labeling"),
-        "round-0/checkpoint-20": SelfTrainingState(round=0, phase="fitting", step=20),
+        "round-1/checkpoint-8": RunState(round=1, phase="fitting", step=8),
+        "round-1/checkpoint-12": RunState(round=1, phase="fitting", step=12),
+        "round-1": RunState(round=1, phase="fitting", step=0),
+        "round-0/round-end": RunState(round=1, phase="labeling"),
+        "round-0/checkpoint-20": RunState(round=0, phase="fitting", step=20),
     }
     for folder, state in saves.items():
         os.makedirs(tmp_path / folder, exist_ok=True)
-        state.save(str(tmp_path / folder))
+        save_state(str(tmp_path / folder), state)
     os.makedirs(tmp_path / "round-1" / "checkpoint-16")  # an interrupted save: no state, never resumed from
     directory, state = find_latest_state(str(tmp_path))
     assert directory == str(tmp_path / "round-1" / "checkpoint-12") and state.step == 12
@@ -296,7 +302,7 @@ def test_generator_states_survive_json(kind):
 def test_a_new_run_discards_the_states_an_earlier_run_left(tmp_path, tokenizer):
     stale = tmp_path / "round-2" / "round-end"
     os.makedirs(stale)
-    SelfTrainingState(round=2, phase="done").save(str(stale))
+    save_state(str(stale), RunState(round=2, phase="done"))
     build(tmp_path, tokenizer, self_training_rounds=0, max_steps=1).train()
     assert find_latest_state(str(tmp_path)) is None  # a resume after a crash of this run cannot land in the old one
 
@@ -318,3 +324,30 @@ def test_a_pretrained_model_killed_mid_round_resumes_to_the_uninterrupted_result
     assert got["logits"] == expected["logits"]
     assert events(interrupted, "train_begin") == [[0, 0], [1, 0], [1, 3]]
     assert events(interrupted, "labeled_round") == [1]
+
+
+# ---- A checkpoint written before the round loop's redesign ---------------------------------------------------------
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "checkpoint-6d17e44")
+
+
+@pytest.mark.parametrize("resume_from", ["latest", "round-1"])
+def test_a_checkpoint_saved_by_an_earlier_version_resumes_to_the_uninterrupted_result(tmp_path, resume_from):
+    # Saved at commit 6d17e44 (`fixtures/make_checkpoint.py`), stopped at step 6 of round 1: "latest" continues from
+    # round 1's checkpoint at step 4, "round-1" fits round 1 again from its saved labeling pass, whose file (written
+    # before selections were saved whole) has no thresholds: the rule selects again, and must keep the saved rows.
+    sys.path.insert(0, os.path.dirname(FIXTURE))
+    from make_checkpoint import resume_setup
+
+    expected = resume_setup(str(tmp_path / "uninterrupted"), str(tmp_path))
+    expected.train()
+    shutil.copytree(FIXTURE, tmp_path / "resumed")
+    resumed = resume_setup(str(tmp_path / "resumed"), str(tmp_path))
+    starts = TrainBegins(resumed)
+    resumed.add_callback(starts)
+    resumed.train(resume_from_checkpoint=True if resume_from == "latest" else str(tmp_path / "resumed" / resume_from))
+
+    assert starts.rounds_and_steps == ([(1, 4), (2, 0)] if resume_from == "latest" else [(1, 0), (2, 0)])
+    assert expected.self_training_history[1]["num_pseudo_labels"] > 0
+    assert resumed.self_training_history == expected.self_training_history
+    for name, value in expected.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], value, rtol=0, atol=0)

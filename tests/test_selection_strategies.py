@@ -1,6 +1,7 @@
 """Adaptive and top-k selection, soft pseudo-labels: the pure functions, the config, and one short run of each."""
 
 import json
+import os
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -10,13 +11,16 @@ import torch.nn.functional as F
 from conftest import make_model, tiny_config, toy_dataset
 
 from hf_semisup import SemiSupervisedConfig, SemiSupervisedTrainer
-from hf_semisup.checkpointing import load_pseudo_labels as load_checkpoint_pseudo_labels
-from hf_semisup.checkpointing import save_pseudo_labels as save_checkpoint_pseudo_labels
+from hf_semisup.checkpointing import load_selection, save_selection
 from hf_semisup.consistency import CONSISTENCY_KEY
-from hf_semisup.pseudo_labeling import PseudoLabels, load_pseudo_labels, save_pseudo_labels
+from hf_semisup.pseudo_labeling import PseudoLabels
+from hf_semisup.pseudo_labeling import read_pseudo_label_table as load_pseudo_labels
 from hf_semisup.pseudo_labeling import select_pseudo_labels as reexported
+from hf_semisup.pseudo_labeling import write_pseudo_label_table as save_pseudo_labels
+from hf_semisup.rounds import RoundLoop
 from hf_semisup.selection import (
     ADAPTIVE_FLOOR_MARGIN,
+    Selection,
     adaptive_class_thresholds,
     apportion,
     select,
@@ -198,11 +202,12 @@ def test_full_distribution_round_trips_through_both_files(tmp_path):
     assert selected.tolist() == [2, 5]
 
     path = str(tmp_path / "checkpoint.npz")
-    save_checkpoint_pseudo_labels(path, 1, loaded.labels, loaded.confidences, selected, loaded.probabilities(3))
-    *_, restored = load_checkpoint_pseudo_labels(path, 9)
-    np.testing.assert_array_equal(restored, probabilities.numpy())  # float32 exactly: a resumed round is exact
-    save_checkpoint_pseudo_labels(path, 1, loaded.labels, loaded.confidences, selected)
-    assert load_checkpoint_pseudo_labels(path, 9)[3] is None
+    save_selection(path, 1, loaded, Selection(selected, None), loaded.probabilities(3))
+    restored, _, _ = load_selection(path, 9)
+    # float32 exactly: a resumed round is exact
+    np.testing.assert_array_equal(restored.probabilities(3), probabilities.numpy())
+    save_selection(path, 1, loaded, Selection(selected, None))
+    assert load_selection(path, 9)[0].top_k_labels is None
 
 
 def test_soft_cross_entropy_of_one_hot_targets_is_the_hard_loss():
@@ -355,10 +360,13 @@ def test_soft_round_resumes_from_its_saved_pseudo_labels(tmp_path, tokenizer):
     )
     trainer.train()
     # What a run resumed in round 1's fitting phase reads back, and the training rows it rebuilds from it.
-    saved = load_checkpoint_pseudo_labels(str(tmp_path / "output" / "round-1" / "self_training_pseudo_labels.npz"), 24)
-    assert saved[3].shape == (24, 2)
+    predictions, _, _ = load_selection(str(tmp_path / "output" / "round-1" / "self_training_pseudo_labels.npz"), 24)
+    assert predictions.probabilities(2).shape == (24, 2)
     record = {"round": 1}
-    resumed = trainer._pseudo_labeled_train_set(record, saved).with_format("numpy")
+    run = trainer.run_state
+    run.enter_round(1)
+    run.phase, run.pseudo_labels_file = "fitting", os.path.join("round-1", "self_training_pseudo_labels.npz")
+    resumed = RoundLoop(trainer, run).student_set(1, record).with_format("numpy")
     original = trainer.train_dataset.with_format("numpy")
     for column in ("labels", SOFT_TARGETS_COLUMN, TARGET_WEIGHT_COLUMN):
         np.testing.assert_array_equal(resumed[column], original[column])

@@ -11,6 +11,7 @@ from datasets import ClassLabel, Dataset
 from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 
 from hf_semisup import SemiSupervisedTrainer
+from hf_semisup.rounds import RoundLoop
 
 
 def test_pseudo_label_equals_a_manual_forward_pass(tmp_path, tokenizer):
@@ -50,7 +51,7 @@ def test_fixed_teacher_accepts_exactly_the_confident_rows(tmp_path, tokenizer):
     threshold = float(np.median(predictions["confidence"]))
     trainer.args.confidence_threshold = threshold
     record = {"round": 1}
-    train_set = trainer._pseudo_labeled_train_set(record)
+    train_set = RoundLoop(trainer, trainer.run_state).student_set(1, record)
     confident = np.asarray(predictions["confidence"]) >= threshold
     assert 0 < confident.sum() < 60, "the threshold must split this pool for the test to mean something"
     assert record["num_pseudo_labels"] == confident.sum()

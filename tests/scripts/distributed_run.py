@@ -70,14 +70,14 @@ def prototype_labels(trainer, streamed=False) -> dict:
     The class prototypes (48 labeled rows: ragged batches per process), refined with the pool rows round 1 keeps, and
     the pool's labels by them; `streamed`: with the pool read as a stream.
     """
-    trainer.current_round = 1
-    pool = trainer.unlabeled_dataset
+    from hf_semisup.rounds import RoundLoop
+    from hf_semisup.teachers import PrototypeTeacher
+
+    context = RoundLoop(trainer, trainer.run_state).labeling_context(1)
+    context.top_k = 2
     if streamed:
-        trainer.unlabeled_dataset = pool.to_iterable_dataset(num_shards=3)
-    try:
-        pseudo_labels = trainer._predict_with_prototypes(top_k=2)
-    finally:
-        trainer.unlabeled_dataset = pool
+        context.pool = context.pool.to_iterable_dataset(num_shards=3)
+    pseudo_labels = PrototypeTeacher().label(context)
     return {
         "pseudo_label": pseudo_labels.labels.tolist(),
         "confidence": pseudo_labels.confidences.tolist(),

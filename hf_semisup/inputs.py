@@ -1,0 +1,134 @@
+"""
+What [`SemiSupervisedTrainer`] makes of its arguments before `Trainer.__init__`: the config, the model when given by
+name, the consistency weight when unset, and the datasets, tokenized, label-mapped and checked once.
+"""
+
+import dataclasses
+import os
+
+import datasets
+import numpy as np
+from transformers import AutoConfig, PreTrainedModel, set_seed
+
+from .config import DEFAULT_CONSISTENCY_WEIGHT, SemiSupervisedConfig
+from .data import (
+    check_every_class_labeled,
+    drop_labeled_duplicates,
+    prepare_dataset,
+    prepare_stream,
+    warn_on_unknown_tokens,
+)
+from .modeling import file_location_kwargs, head_label_kwargs, load_classifier
+from .outputs import cache_dir
+
+
+def resolve_args(args, model) -> SemiSupervisedConfig:
+    """`args` as a [`SemiSupervisedConfig`]: a default one for `None`, a plain `TrainingArguments` converted."""
+    if args is None:
+        name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "")
+        return SemiSupervisedConfig(output_dir=f"{os.path.basename(str(name).rstrip('/')) or 'model'}-semisup")
+    if not isinstance(args, SemiSupervisedConfig):
+        fields = SemiSupervisedConfig.__dataclass_fields__
+        values = {k: v for k, v in args.to_dict().items() if k in fields and fields[k].init}
+        values.pop("push_to_hub_token", None)
+        return SemiSupervisedConfig(**values)
+    return args
+
+
+def default_consistency_weight(unlabeled_dataset, tokenizer, compute_loss_func, num_labels: int) -> float:
+    """`consistency_weight` when unset: on wherever the pool and the trainer allow it (see `SemiSupervisedConfig`).
+    The consistency sampler reshuffles a `Dataset` (not a stream), token dropout needs a tokenizer that can pad, the
+    consistency loss computes the supervised loss itself, and a regression head has no distribution to keep."""
+    allowed = (
+        isinstance(unlabeled_dataset, datasets.Dataset)
+        and len(unlabeled_dataset) > 0
+        and getattr(tokenizer, "pad_token_id", None) is not None
+        and compute_loss_func is None
+        and num_labels >= 2
+    )
+    return DEFAULT_CONSISTENCY_WEIGHT if allowed else 0.0
+
+
+def prepare_kwargs(args, tokenizer, model_config) -> dict:
+    """What `prepare_dataset` needs from the trainer: the tokenizer, the columns, the model's classes, the length."""
+    return dict(
+        tokenizer=tokenizer,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        label2id=model_config.label2id,
+        num_labels=model_config.num_labels,
+        max_length=args.max_length,
+    )
+
+
+def prepare_unlabeled(unlabeled_dataset, prepare: dict, args):
+    name = "unlabeled set (`unlabeled_dataset`)"
+    if isinstance(unlabeled_dataset, datasets.IterableDataset):
+        stream_args = {k: prepare[k] for k in ("text_column", "max_length")}
+        return prepare_stream(unlabeled_dataset, prepare["tokenizer"], name=name, **stream_args), None
+    if unlabeled_dataset is None or (
+        args.self_training_rounds == 0 and args.consistency_weight == 0 and not len(unlabeled_dataset)
+    ):
+        return None, None
+    return prepare_dataset(
+        unlabeled_dataset, name=name, labels="hide", add_length=True, cache_dir=cache_dir(args.output_dir), **prepare
+    )
+
+
+def prepare_eval(eval_dataset, prepare: dict):
+    if isinstance(eval_dataset, dict):
+        return {
+            key: prepare_dataset(value, name=f"eval set {key!r} (`eval_dataset`)", **prepare)[0]
+            for key, value in eval_dataset.items()
+        }
+    return prepare_dataset(eval_dataset, name="eval set (`eval_dataset`)", **prepare)[0]
+
+
+def load_model(name: str, args: SemiSupervisedConfig, train_dataset) -> PreTrainedModel:
+    """The classifier `name` names, its new head sized and named after the labeled set's classes."""
+    set_seed(args.seed)  # the new classification head must not depend on the caller's RNG state
+    config = AutoConfig.from_pretrained(name, **file_location_kwargs(args.model_init_kwargs))
+    label_kwargs = head_label_kwargs(config, train_dataset, args.label_column)
+    return load_classifier(name, dict(args.model_init_kwargs or {}), **label_kwargs)
+
+
+@dataclasses.dataclass
+class PreparedData:
+    """The datasets as the trainer uses them (see [`prepare_datasets`])."""
+
+    labeled: datasets.Dataset
+    eval: datasets.Dataset | dict | None
+    unlabeled_source: object  # the pool as given, duplicates of labeled texts dropped
+    unlabeled: object  # tokenized
+    unlabeled_gold_labels: np.ndarray | None  # the pool's hidden labels, for diagnostics only
+
+
+def prepare_datasets(args, tokenizer, model_config, train_dataset, eval_dataset, unlabeled_dataset) -> PreparedData:
+    """
+    Tokenize and label-map every dataset (the main process first: the others reuse its cache), check that every class
+    has a labeled example, and drop from the pool the rows that repeat a labeled text.
+    """
+    prepare = prepare_kwargs(args, tokenizer, model_config)
+    with args.main_process_first(desc="dataset preparation"):
+        labeled, _ = prepare_dataset(train_dataset, name="labeled set (`train_dataset`)", **prepare)
+        check_every_class_labeled(labeled["labels"], model_config.id2label, "labeled set")
+        warn_on_unknown_tokens(labeled, tokenizer, "labeled set")
+        if eval_dataset is not None:
+            eval_dataset = prepare_eval(eval_dataset, prepare)
+        if isinstance(unlabeled_dataset, datasets.Dataset) and len(unlabeled_dataset):
+            unlabeled_dataset = drop_labeled_duplicates(train_dataset, unlabeled_dataset, args.text_column)
+        unlabeled, gold = prepare_unlabeled(unlabeled_dataset, prepare, args)
+    return PreparedData(labeled, eval_dataset, unlabeled_dataset, unlabeled, gold)
+
+
+def prepare_to_label(args, tokenizer, model_config, dataset):
+    """A dataset given to `pseudo_label()`, tokenized as the pool is (a stream lazily, as it is read)."""
+    name = "dataset to pseudo-label"
+    if isinstance(dataset, datasets.IterableDataset):
+        return prepare_stream(dataset, tokenizer, name=name, text_column=args.text_column, max_length=args.max_length)
+    prepare = prepare_kwargs(args, tokenizer, model_config)
+    with args.main_process_first(desc="tokenizing the dataset to pseudo-label"):
+        prepared, _ = prepare_dataset(
+            dataset, name=name, labels="hide", add_length=True, cache_dir=cache_dir(args.output_dir), **prepare
+        )
+    return prepared
