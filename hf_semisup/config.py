@@ -99,10 +99,18 @@ class SemiSupervisedConfig(TrainingArguments):
               history's `class_thresholds`).
             - `"topk"`: no threshold: round `r` keeps the most confident `pseudo_label_fraction * r` of the pool (a
               curriculum).
-            `class_balance` and `max_pseudo_labels` apply to every rule; for `"topk"` the history's `threshold` is the
-            lowest accepted confidence.
+            - `"entropy"`: rows whose predictive entropy over all classes, divided by `log(num_labels)` (0: certain, 1:
+              uniform), is at most `entropy_threshold`, the most certain first. With two classes it keeps what a
+              confidence threshold keeps; with more, a row whose leftover probability is spread over several classes
+              is less certain than one that hesitates between two.
+
+            `class_balance` and `max_pseudo_labels` apply to every rule; for `"topk"` and `"entropy"` the history's
+            `threshold` is the lowest accepted confidence.
         pseudo_label_fraction (`float`, *optional*, defaults to `0.4`):
             With `"topk"`, the share of the pool each round adds: round `r` keeps `min(1, fraction * r)`, in (0, 1].
+        entropy_threshold (`float`, *optional*, defaults to `0.5`):
+            With `"entropy"`, the largest normalized entropy a kept pseudo-label may have, in (0, 1]. With two classes,
+            `0.5` keeps rows whose top probability is at least 0.89 (about `confidence_threshold`'s 0.9); not tuned.
         soft_pseudo_labels (`bool`, *optional*, defaults to `False`):
             Train each selected row on the teacher's whole distribution (cross-entropy against the soft target),
             weighted by its confidence, instead of its argmax class; labeled rows keep one-hot targets of weight 1.
@@ -208,6 +216,7 @@ class SemiSupervisedConfig(TrainingArguments):
         "max_pseudo_labels": [None, Integer(1)],
         "selection_strategy": [Options(lambda: tuple(SELECTION_RULES))],
         "pseudo_label_fraction": [Real(0, 1, closed="right")],
+        "entropy_threshold": [Real(0, 1, closed="right")],
         "soft_pseudo_labels": [Boolean()],
         "consistency_weight": [None, Real(0, closed="left")],
         "consistency_augmentation": [Options(lambda: tuple(AUGMENTATIONS))],
@@ -296,8 +305,9 @@ class SemiSupervisedConfig(TrainingArguments):
         default="topk",
         metadata={
             "help": "How a round chooses its pseudo-labels: 'threshold' (confidence >= confidence_threshold), "
-            "'adaptive' (FlexMatch per-class thresholds from each class's learning status) or 'topk' (the most "
-            "confident pseudo_label_fraction * round of the pool, no threshold).",
+            "'adaptive' (FlexMatch per-class thresholds from each class's learning status), 'topk' (the most "
+            "confident pseudo_label_fraction * round of the pool, no threshold) or 'entropy' (normalized predictive "
+            "entropy <= entropy_threshold).",
             "choices": list(SELECTION_RULES),
         },
     )
@@ -306,6 +316,13 @@ class SemiSupervisedConfig(TrainingArguments):
         metadata={
             "help": "With selection_strategy='topk': share of the pool each round adds (round r keeps "
             "fraction * r of it), in (0, 1]."
+        },
+    )
+    entropy_threshold: float = field(
+        default=0.5,
+        metadata={
+            "help": "With selection_strategy='entropy': keep a pseudo-label when the teacher's predictive entropy, "
+            "divided by log(number of classes), is at most this, in (0, 1]."
         },
     )
     soft_pseudo_labels: bool = field(

@@ -13,6 +13,8 @@ the config field it reads.
   ([`adaptive_class_thresholds`]), then as `"threshold"`.
 - `"topk"`: no threshold; each round keeps the most confident rows of each class, a growing share of the pool
   (curriculum style, [`select_top_k`]).
+- `"entropy"`: rows whose predictive entropy (normalized by that of the uniform distribution) is at most
+  `entropy_threshold` ([`select_low_entropy`]): the whole distribution counts, not only its top class.
 
 `class_balance` and `max_pseudo_labels` apply to every rule.
 """
@@ -39,7 +41,7 @@ class Selection:
             Row indices, most confident first.
         threshold (`float` or `None`):
             The round's confidence threshold: `confidence_threshold` for `"threshold"` and `"adaptive"`, the lowest
-            accepted confidence for the rules without one (`"topk"`; `None` when nothing is kept).
+            accepted confidence for the rules without one (`"topk"`, `"entropy"`; `None` when nothing is kept).
         class_thresholds (`np.ndarray` of `float64`, *optional*):
             The per-class thresholds of `"adaptive"`.
     """
@@ -111,10 +113,26 @@ def select_curriculum(predictions, context: SelectionContext) -> Selection:
     return Selection(selected, _lowest_confidence(predictions.confidences, selected))
 
 
+def select_low_entropy(predictions, context: SelectionContext) -> Selection:
+    """
+    Rows whose normalized predictive entropy `H(p) / log(num_labels)` is at most `entropy_threshold`, most certain
+    (lowest entropy) first, class-balanced and capped as [`select_pseudo_labels`]. With two classes it keeps the same
+    rows as a confidence threshold; with more it also asks that the probability left over is not spread as doubt
+    between several classes.
+    """
+    entropy = normalized_entropy(predictions.probabilities(context.num_labels))
+    candidates = np.flatnonzero(entropy <= context.config.entropy_threshold)
+    selected = _balanced_selection(
+        candidates, predictions.labels, -entropy, context.class_prior, context.config.max_pseudo_labels
+    )
+    return Selection(selected, _lowest_confidence(predictions.confidences, selected))
+
+
 SELECTION_RULES: dict[str, SelectionRule] = {
     "threshold": SelectionRule(select_by_threshold),
     "adaptive": SelectionRule(select_adaptive),
     "topk": SelectionRule(select_curriculum),
+    "entropy": SelectionRule(select_low_entropy, needs_distribution=True),
 }
 # The names, in registry order (the config's choices).
 SELECTION_STRATEGIES = tuple(SELECTION_RULES)
@@ -143,6 +161,7 @@ def select(
 
     fields = {f.name: f.default for f in dataclasses.fields(SemiSupervisedConfig)}
     defaults = {name: fields[name] for name in ("confidence_threshold", "max_pseudo_labels", "pseudo_label_fraction")}
+    defaults["entropy_threshold"] = fields["entropy_threshold"]
     config = SimpleNamespace(**{**defaults, **settings})
     predictions = SimpleNamespace(labels=np.asarray(labels), confidences=np.asarray(confidences))
     context = SelectionContext(num_labels=num_labels, round=round_, class_prior=class_prior, config=config)
@@ -231,6 +250,14 @@ def select_top_k(
     return _keep_per_class(ranked, labels, confidences, apportion(total, class_prior))
 
 
+def normalized_entropy(probabilities: np.ndarray) -> np.ndarray:
+    """Each row's entropy divided by `log(num_labels)`: 0 for a certain prediction, 1 for the uniform one."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(probabilities > 0, probabilities * np.log(probabilities), 0.0)
+    return -terms.sum(axis=1) / np.log(probabilities.shape[1])
+
+
 def apportion(total: int, shares: np.ndarray) -> np.ndarray:
     """`total * shares` rounded to integers that add up to `total`: floors, then +1 for the largest remainders."""
     exact = total * np.asarray(shares, dtype=np.float64)
@@ -292,6 +319,7 @@ __all__ = [
     "adaptive_class_thresholds",
     "apply_rule",
     "apportion",
+    "normalized_entropy",
     "select",
     "select_pseudo_labels",
     "select_top_k",

@@ -139,6 +139,7 @@ def check_run(args, *, model, unlabeled_dataset, eval_dataset, compute_loss_func
     for name, needs_classes in (
         ("consistency_weight", weight > 0),
         ("soft_pseudo_labels", args.soft_pseudo_labels),
+        ("selection_strategy", args.self_training_rounds > 0 and args.selection_strategy == "entropy"),
     ):
         if needs_classes and num_labels < 2:
             shown = " > 0" if name == "consistency_weight" else f"={getattr(args, name)!r}"

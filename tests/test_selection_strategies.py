@@ -2,6 +2,7 @@
 
 import json
 import os
+from unittest import mock
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -20,9 +21,14 @@ from hf_semisup.pseudo_labeling import write_pseudo_label_table as save_pseudo_l
 from hf_semisup.rounds import RoundLoop
 from hf_semisup.selection import (
     ADAPTIVE_FLOOR_MARGIN,
+    SELECTION_RULES,
     Selection,
+    SelectionContext,
+    SelectionRule,
     adaptive_class_thresholds,
+    apply_rule,
     apportion,
+    normalized_entropy,
     select,
     select_pseudo_labels,
     select_top_k,
@@ -402,3 +408,113 @@ def test_soft_pseudo_labels_from_a_streamed_pool(tmp_path, tokenizer):
     assert got == pytest.approx(expected)
     probabilities = train_set[SOFT_TARGETS_COLUMN][16:]
     np.testing.assert_allclose(probabilities.max(axis=1), train_set[TARGET_WEIGHT_COLUMN][16:])
+
+
+# ---- Entropy ----------------------------------------------------------------------------------------------------------
+def entropy_context(num_labels, **settings):
+    config = SemiSupervisedConfig(output_dir="unused", report_to="none", selection_strategy="entropy", **settings)
+    return lambda prior=None: SelectionContext(num_labels, 1, prior, config)
+
+
+def passes(probabilities):
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    return PseudoLabels.from_probabilities(
+        probabilities.argmax(1).astype(np.int64), probabilities.max(1), probabilities
+    )
+
+
+def test_entropy_rule_weighs_the_whole_distribution():
+    # Rows 0 and 1 have the same top probability: row 0 hesitates between two classes, row 1 spreads its doubt over two
+    # others, and is the less certain of the two (normalized entropies 0.61 and 0.86).
+    rows = [[0.6, 0.4, 0.0], [0.6, 0.2, 0.2], [0.98, 0.01, 0.01], [0.05, 0.9, 0.05], [0.1, 0.1, 0.8]]
+    entropy = normalized_entropy(rows)
+    assert entropy[0] < 0.7 < entropy[1]
+    selection = apply_rule("entropy", passes(rows), entropy_context(3, entropy_threshold=0.7)())
+    np.testing.assert_array_equal(selection.selected, [2, 3, 4, 0])  # most certain first; row 1 left out
+    assert selection.threshold == pytest.approx(0.6)  # the lowest confidence kept
+    assert selection.class_thresholds is None
+    # A confidence threshold cannot tell rows 0 and 1 apart: it keeps both or neither.
+    kept = select_pseudo_labels(passes(rows).labels, passes(rows).confidences, 0.6)
+    assert {0, 1} <= set(kept.tolist())
+
+
+def test_entropy_rule_with_two_classes_is_a_confidence_threshold():
+    confidences = np.random.default_rng(0).uniform(0.5, 1.0, 200)
+    labels = np.arange(200) % 2
+    probabilities = np.where(labels[:, None] == [0, 1], confidences[:, None], 1 - confidences[:, None])
+    # The normalized entropy of a 0.9 / 0.1 prediction.
+    at_09 = float(normalized_entropy([[0.9, 0.1]])[0])
+    selected = apply_rule("entropy", passes(probabilities), entropy_context(2, entropy_threshold=at_09)()).selected
+    np.testing.assert_array_equal(np.sort(selected), np.flatnonzero(passes(probabilities).confidences >= 0.9))
+
+
+def test_entropy_rule_balances_classes_and_caps_like_the_others():
+    rng = np.random.default_rng(1)
+    probabilities = rng.dirichlet([0.2, 0.2, 0.2], size=300)
+    context = entropy_context(3, entropy_threshold=0.6, max_pseudo_labels=30)
+    predictions = passes(probabilities)
+    uncapped = apply_rule(
+        "entropy", predictions, entropy_context(3, entropy_threshold=0.6)(np.array([0.5, 0.25, 0.25]))
+    )
+    counts = np.bincount(predictions.labels[uncapped.selected], minlength=3)
+    assert counts[0] == 2 * counts[1] == 2 * counts[2] > 0  # the labeled shares, 2 : 1 : 1
+    capped = apply_rule("entropy", predictions, context(np.array([0.5, 0.25, 0.25])))
+    assert len(capped.selected) <= 30 and np.bincount(predictions.labels[capped.selected], minlength=3)[0] == 15
+    # Within a class, the most certain (lowest entropy) rows are the ones kept.
+    entropy = normalized_entropy(predictions.probabilities(3))
+    for c in range(3):
+        kept = capped.selected[predictions.labels[capped.selected] == c]
+        left = np.setdiff1d(np.flatnonzero((predictions.labels == c) & (entropy <= 0.6)), kept)
+        assert not len(left) or entropy[kept].max() <= entropy[left].min()
+
+
+@pytest.mark.parametrize("value", [0.0, -0.1, 1.5, float("nan"), "0.5"])
+def test_entropy_threshold_bounds(tmp_path, value):
+    with pytest.raises(ValueError, match=r"`entropy_threshold` must be in the half-open interval \(0, 1\], got "):
+        SemiSupervisedConfig(output_dir=str(tmp_path), report_to="none", entropy_threshold=value)
+    assert (
+        SemiSupervisedConfig(output_dir=str(tmp_path), report_to="none", entropy_threshold=1.0).entropy_threshold == 1
+    )
+
+
+def test_entropy_run_keeps_the_distribution_and_resumes_from_its_saved_selection(tmp_path, tokenizer):
+    def run(threshold):
+        config = dict(selection_strategy="entropy", entropy_threshold=threshold, soft_pseudo_labels=False)
+        trainer = soft_trainer(
+            tmp_path, tokenizer, class_balance=False, save_strategy="steps", save_steps=100, **config
+        )
+        trainer.train()
+        rows = read_round_file(tmp_path, 1)
+        # The pass kept every class's probability for the rule, though `pseudo_label_top_k` is 0.
+        probabilities = np.zeros((24, 2))
+        np.put_along_axis(probabilities, rows["top_k_labels"], rows["top_k_probabilities"], axis=1)
+        return trainer, rows, normalized_entropy(probabilities)
+
+    _, _, entropy = run(1.0)  # keeps every row; the same round 0 then teaches round 1 with the median as threshold
+    median = float(np.median(entropy))
+    trainer, rows, entropy = run(median)
+    record = trainer.self_training_history[1]
+    selected = np.flatnonzero(rows["selected"])
+    assert 0 < len(selected) < 24 and set(selected) == set(np.flatnonzero(entropy <= median))
+    assert record["num_pseudo_labels"] == len(selected)
+    assert record["threshold"] == pytest.approx(float(rows["confidence"][selected].min()))
+    # A resumed round reads the saved selection back: the same training rows, the same record, no rule run.
+    record_again = {"round": 1}
+    run = trainer.run_state
+    run.enter_round(1)
+    run.phase, run.pseudo_labels_file = "fitting", os.path.join("round-1", "self_training_pseudo_labels.npz")
+    with mock.patch.dict(SELECTION_RULES, {"entropy": SelectionRule(None, needs_distribution=True)}):
+        resumed = RoundLoop(trainer, run).student_set(1, record_again)
+    assert resumed["labels"] == trainer.train_dataset["labels"]
+    assert {k: v for k, v in record_again.items() if k != "round"}.items() <= record.items()
+
+
+def test_entropy_needs_two_classes(tmp_path, tokenizer):
+    with pytest.raises(ValueError, match=r"`selection_strategy`='entropy' needs a classifier with >= 2 labels"):
+        SemiSupervisedTrainer(
+            make_model(num_labels=1),
+            tiny_config(tmp_path, self_training_rounds=1, selection_strategy="entropy"),
+            train_dataset=toy_dataset(8, names=None).map(lambda r: {"label": 0}),
+            processing_class=tokenizer,
+            unlabeled_dataset=toy_dataset(8, seed=1),
+        )
