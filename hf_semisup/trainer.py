@@ -12,6 +12,7 @@ from transformers import (
     Trainer,
     TrainingArguments,
 )
+from transformers.trainer_callback import TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, enable_full_determinism, set_seed
 
 from .adapters import prepare_peft_model
@@ -40,7 +41,7 @@ from .inputs import (
 from .metrics import compute_classification_metrics
 from .model_card import ModelCardFacts, write_model_card
 from .modeling import align_label_names, check_local_path, file_location_kwargs
-from .outputs import HISTORY_NAME, HUB_IGNORE_PATTERNS
+from .outputs import HISTORY_NAME, HUB_IGNORE_PATTERNS, TRAINER_STATE_NAME
 from .pseudo_labeling import predict_pool, with_prediction_columns
 from .rounds import RoundLoop
 from .soft_labels import SOFT_TARGET_COLUMNS, pop_soft_targets, soft_label_loss
@@ -404,11 +405,26 @@ class SemiSupervisedTrainer(Trainer):
                 f"{self.args.max_steps} steps."
             )
         try:
-            output = super().train(resume_from_checkpoint=checkpoint, **train_kwargs)
+            output = self._fitted_checkpoint(checkpoint) if checkpoint is not None else None
+            if output is None:
+                output = super().train(resume_from_checkpoint=checkpoint, **train_kwargs)
         finally:
             self.args.max_steps, self.args.num_train_epochs = max_steps, epochs
         check_finite_model(self.model, f"Round {round_}, end of training")
         return output
+
+    def _fitted_checkpoint(self, checkpoint: str) -> TrainOutput | None:
+        """
+        The round's fit, when `checkpoint` is its last step (the run stopped after it, in the round's evaluation or
+        save): `Trainer.train` resumed there would train a step more unless the step ends an epoch. `None` otherwise.
+        """
+        saved = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
+        if self.run_state.loss_sum is None or saved.max_steps <= 0 or saved.global_step < saved.max_steps:
+            return None
+        self._load_from_checkpoint(checkpoint)
+        self.state = saved
+        loss = self.run_state.loss_sum / max(saved.global_step, 1)
+        return TrainOutput(saved.global_step, loss, {"train_loss": loss, "epoch": saved.epoch})
 
     def evaluate_round(self, ignore_keys=None) -> dict:
         if self.eval_dataset is None:

@@ -351,3 +351,23 @@ def test_a_checkpoint_saved_by_an_earlier_version_resumes_to_the_uninterrupted_r
     assert resumed.self_training_history == expected.self_training_history
     for name, value in expected.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[name], value, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "checkpoint",
+    [
+        "round-0/checkpoint-9",  # the last step of an epoch (3 steps each), in the middle of round 0
+        "round-0/checkpoint-10",  # the last step of round 0, in its fourth epoch: stopped during its evaluation
+        "round-1/checkpoint-10",  # the last step of the run
+    ],
+)
+def test_resume_from_the_last_step_of_an_epoch_a_round_or_the_run(tmp_path, tokenizer, checkpoint):
+    # `Trainer.train` resumed from a checkpoint of its last step trains one step more when that step is not the end of
+    # an epoch: the round's history then said 11 steps and another epoch and loss.
+    config = dict(max_steps=10, save_strategy="steps", save_steps=3, confidence_threshold=0.5)
+    expected, got, starts = run_then_resume(tmp_path, tokenizer, checkpoint, **config)
+    assert [r["train_steps"] for r in expected[0]] == [10, 10] and expected[0][0]["epoch"] == pytest.approx(10 / 3)
+    assert expected[0][1]["num_pseudo_labels"] > 0
+    assert_same_outcome(got, expected)
+    # A round whose last step was saved is not trained again: its fit is that checkpoint.
+    assert starts == {"round-0/checkpoint-9": [(0, 9), (1, 0)], "round-0/checkpoint-10": [(1, 0)]}.get(checkpoint, [])
