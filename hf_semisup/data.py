@@ -111,6 +111,21 @@ def check_texts(dataset, text_column: str, name: str):
             )
 
 
+def check_label_values(dataset, label_column: str, name: str):
+    """Raise a `ValueError` naming the row and the value of the first label that is a number but not a whole one."""
+    feature = dataset.features.get(label_column) if dataset.features else None
+    if not (isinstance(feature, datasets.Value) and feature.dtype.startswith("float")):
+        return
+    values = np.asarray(dataset.with_format("numpy")[label_column], dtype=np.float64)
+    fractional = np.flatnonzero(~np.isnan(values) & (values != np.round(values)))
+    if len(fractional):
+        row = int(fractional[0])
+        raise ValueError(
+            f"The {name}'s label column {label_column!r} has a non-integer label {float(values[row])!r} at row {row}: a label "
+            "is a class name or an integer class id."
+        )
+
+
 def warn_on_unknown_tokens(dataset, tokenizer, name: str, rows: int = 1000, share: float = 0.5):
     """
     Warn when more than `share` of the tokens of `dataset`'s first `rows` rows (special tokens aside) are the
@@ -174,33 +189,45 @@ def check_every_class_labeled(label_ids, id2label: dict, name: str):
         )
 
 
-def encode_labels(values, label2id: dict, num_labels: int, name: str, label_column: str) -> list[int]:
-    """Map class names through `label2id` and check that every row has a label, one of the model's classes."""
+def encode_labels(values, label2id: dict, num_labels: int, name: str, label_column: str, rows=None) -> list[int]:
+    """
+    Map class names through `label2id` and check that every row has a label, one of the model's classes. A number is a
+    class id when it is a whole number (`1.0` too: a csv column with empty cells reads as floats). `rows`: the row
+    number of each value in the dataset the user gave (for messages), when `values` are some of its rows.
+    """
     values = list(values)
-    missing = [i for i, value in enumerate(values) if is_missing_label(value)]
+    rows = list(range(len(values))) if rows is None else list(rows)
+    missing = [rows[i] for i, value in enumerate(values) if is_missing_label(value)]
     if missing:
         shown = ", ".join(str(i) for i in missing[:5]) + (", ..." if len(missing) > 5 else "")
-        rows = f"row {shown}" if len(missing) == 1 else f"{len(missing)} rows ({shown})"
+        where = f"row {shown}" if len(missing) == 1 else f"{len(missing)} rows ({shown})"
         raise ValueError(
-            f"The {name}'s label column {label_column!r} has no label (empty, None or -1) in {rows}: give every row a "
-            "label, or drop the rows without one."
+            f"The {name}'s label column {label_column!r} has no label (empty, None or -1) in {where}: give every row "
+            "a label, or drop the rows without one."
         )
     ids = []
-    for i, value in enumerate(values):
+    for row, value in zip(rows, values):
         if isinstance(value, str):
             if value not in label2id:
                 raise ValueError(
-                    f"The {name}'s label column {label_column!r} has label {value!r} at row {i}, which is not one of "
+                    f"The {name}'s label column {label_column!r} has label {value!r} at row {row}, which is not one of "
                     f"the model's classes {sorted(label2id)}."
                 )
             value = label2id[value]
-        if isinstance(value, (bool, float)) or not isinstance(value, (int, np.integer)) or not 0 <= value < num_labels:
+        if isinstance(value, (float, np.floating)) and not isinstance(value, bool):
+            if not float(value).is_integer():
+                raise ValueError(
+                    f"The {name}'s label column {label_column!r} has a non-integer label {value!r} at row {row}: a "
+                    "label is a class name or an integer class id."
+                )
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < num_labels:
             raise ValueError(
-                f"The {name}'s label column {label_column!r} has label {value!r} at row {i}, outside the model's "
+                f"The {name}'s label column {label_column!r} has label {value!r} at row {row}, outside the model's "
                 f"{num_labels} classes (0..{num_labels - 1})."
             )
         ids.append(int(value))
-    numbered = any(isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in values)
+    numbered = any(isinstance(value, (int, float, np.number)) and not isinstance(value, bool) for value in values)
     id2label = {i: name for name, i in label2id.items()}
     if numbered and not are_placeholder_names(id2label):
         # Usually right (class ids in the model's order), but silently wrong if the file numbers them otherwise.
@@ -221,15 +248,28 @@ def _require_tokenizer(tokenizer, name: str, text_column: str):
 
 
 def _hidden_label_ids(values, label2id: dict, num_labels: int, name: str, label_column: str) -> list[int] | None:
-    # A pool's labels are never trained on: ones that do not fit the model only cost the accuracy diagnostic.
+    """
+    A pool's labels as class ids, `-1` for a row without one; `None` when no row has one. They are never trained on:
+    labels that do not fit the model only cost the accuracy diagnostic.
+    """
     values = list(values)
-    if all(is_missing_label(value) for value in values):
+    labeled = [i for i, value in enumerate(values) if not is_missing_label(value)]
+    if not labeled:
         return None
     try:
-        return encode_labels(values, label2id, num_labels, name, label_column)
+        ids = encode_labels([values[i] for i in labeled], label2id, num_labels, name, label_column, rows=labeled)
     except ValueError as error:
         logger.warning(f"{error} These labels are only used to score the pseudo-labels: no `pseudo_label_accuracy`.")
         return None
+    if len(labeled) < len(values):
+        logger.warning(
+            f"{len(labeled)} of the {len(values)} rows of the {name} have a label: `pseudo_label_accuracy` and "
+            "`teacher_pool_accuracy` are measured on those rows only."
+        )
+    gold = [-1] * len(values)
+    for row, label in zip(labeled, ids):
+        gold[row] = label
+    return gold
 
 
 def prepare_dataset(

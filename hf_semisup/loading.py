@@ -9,7 +9,7 @@ import os
 import datasets
 import numpy as np
 
-from .data import is_missing_label
+from .data import check_label_values, check_texts, is_missing_label
 
 
 logger = logging.getLogger(__name__)
@@ -81,14 +81,26 @@ def _subset(dataset, size: int, seed: int):
     return dataset.select(np.sort(rows))
 
 
-def _merge_pools(rest, unlabeled, text_column: str, label_column: str):
-    """The rows left by label sampling plus an unlabeled set; labels stay (for diagnostics) only if both have them."""
-    columns = [text_column]
-    if label_column in unlabeled.column_names and rest.features[label_column] == unlabeled.features[label_column]:
-        columns.append(label_column)
-    rest = rest.select_columns(columns)
-    # Files of different formats type the same text column differently (e.g. string, large_string).
-    return datasets.concatenate_datasets([rest, unlabeled.select_columns(columns).cast(rest.features)])
+def _merge_pools(rest, unlabeled, text_column: str, label_column: str, source: str):
+    """
+    The rows left by label sampling plus an unlabeled set, with the labels they have (for the pseudo-label accuracy
+    only): an unlabeled set without labels, or whose labels cannot be read as the labeled file's, gets empty ones.
+    """
+    rest = rest.select_columns([text_column, label_column])
+    feature = rest.features[label_column]
+    if label_column in unlabeled.column_names:
+        unlabeled = unlabeled.select_columns([text_column, label_column])
+        try:
+            # Files of different formats type the same column differently (e.g. string, large_string).
+            return datasets.concatenate_datasets([rest, unlabeled.cast(rest.features)])
+        except (ValueError, TypeError) as error:
+            logger.warning(
+                f"The labels of the unlabeled set ({source}) cannot be read as the labeled set's "
+                f"({unlabeled.features[label_column]} against {feature}: {error}): they do not count in "
+                "`pseudo_label_accuracy`."
+            )
+    unlabeled = unlabeled.select_columns([text_column]).add_column(label_column, [None] * len(unlabeled))
+    return datasets.concatenate_datasets([rest, unlabeled.cast(rest.features)])
 
 
 def split_sources(data_args) -> dict[str, str]:
@@ -120,7 +132,7 @@ def load_splits(data_args, text_column: str, label_column: str, cache_dir: str |
 
     Returns:
         `dict[str, Dataset]`: `"train"` (the labeled set) and, when there are some, `"unlabeled"` (the pool; a label
-        column in it is kept only when every row has a label, for the pseudo-label accuracy diagnostic),
+        column in it is kept when some row has a label, for the pseudo-label accuracy diagnostic),
         `"validation"` and `"test"`. A held-out split whose labels are all missing (-1 or empty, as on the test split
         of GLUE) is left out with a warning.
     """
@@ -138,20 +150,26 @@ def load_splits(data_args, text_column: str, label_column: str, cache_dir: str |
         _check_columns(dataset, split, sources[split], text if split == "unlabeled" else both)
         if len(dataset) == 0:
             raise ValueError(f"The {split} set ({sources[split]}) is empty.")
+        # Checked as read, so that an error names the row of the file, not of a sample drawn from it.
+        check_texts(dataset, text_column, f"{split} set ({sources[split]})")
+        if split != "unlabeled":
+            check_label_values(dataset, label_column, f"{split} set ({sources[split]})")
     for split in ("validation", "test"):
         if split in splits and all(is_missing_label(v) for v in splits[split][label_column]):
             logger.warning(f"The {split} set ({sources[split]}) has no labels (-1 or empty): it is not evaluated.")
             del splits[split]
     unlabeled = splits.get("unlabeled")
     if unlabeled is not None and label_column in unlabeled.column_names:
-        if any(is_missing_label(v) for v in unlabeled[label_column]):
+        if all(is_missing_label(v) for v in unlabeled[label_column]):  # e.g. IMDb's unsupervised split (-1)
             splits["unlabeled"] = unlabeled = unlabeled.remove_columns(label_column)
 
     if data_args.num_labeled_per_class is not None:
         splits["train"], rest = sample_labeled_per_class(
             splits["train"], data_args.num_labeled_per_class, label_column, seed=data_args.label_sampling_seed
         )
-        splits["unlabeled"] = rest if unlabeled is None else _merge_pools(rest, unlabeled, text_column, label_column)
+        if unlabeled is not None:
+            rest = _merge_pools(rest, unlabeled, text_column, label_column, sources["unlabeled"])
+        splits["unlabeled"] = rest
     if data_args.max_unlabeled_samples is not None and "unlabeled" in splits:
         splits["unlabeled"] = _subset(
             splits["unlabeled"], data_args.max_unlabeled_samples, data_args.label_sampling_seed

@@ -45,7 +45,8 @@ def head_label_kwargs(config, labeled, label_column: str) -> dict:
             "id2label": dict(enumerate(names)),
             "label2id": {name: i for i, name in enumerate(names)},
         }
-    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+    whole = [v for v in values if isinstance(v, (int, np.integer, float, np.floating)) and not isinstance(v, bool)]
+    if len(whole) == len(values) and all(float(v).is_integer() for v in whole):  # a csv with empty cells: 1.0
         return {"num_labels": int(max(values)) + 1}
     return {}
 

@@ -43,9 +43,11 @@ def selection_record(
     record["pseudo_label_class_counts"] = {name: counts.get(c, 0) for c, name in enumerate(class_names)}
     record["num_confident"] = int((confidences >= confidence_threshold).sum())
     record["mean_confidence"] = float(confidences.mean())
-    if gold is not None:
-        record["pseudo_label_accuracy"] = accuracy(labels[selected], gold[selected]) if len(selected) else None
-        record["teacher_pool_accuracy"] = accuracy(labels, gold)
+    if gold is not None:  # over the rows that have a label
+        known = gold >= 0
+        kept = selected[known[selected]]
+        record["pseudo_label_accuracy"] = accuracy(labels[kept], gold[kept]) if len(kept) else None
+        record["teacher_pool_accuracy"] = accuracy(labels[known], gold[known]) if known.any() else None
     return [counts.get(c, 0) for c in range(len(class_names))]
 
 

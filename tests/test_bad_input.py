@@ -2,6 +2,8 @@
 
 import logging
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from conftest import make_model, tiny_config, toy_dataset
 from datasets import ClassLabel, Dataset, Features, Value
@@ -262,3 +264,34 @@ def test_class_ids_beside_class_names_are_flagged(tmp_path, tokenizer, caplog):
         build(tmp_path, tokenizer, eval_dataset=toy_dataset(8, seed=2))  # class names throughout
         build(tmp_path, tokenizer, train_dataset=toy_dataset(8, names=None), eval_dataset=toy_dataset(8, names=None))
     assert "class ids" not in caplog.text
+
+
+def test_a_fractional_label_is_named_and_whole_floats_are_class_ids(tmp_path, tokenizer):
+    # 1.0 is a class id (a csv column with an empty cell reads as floats); 0.5 is the label that cannot be one.
+    fractional = Dataset.from_dict({"text": ["good", "bad", "fine"], "label": [0.0, 0.5, 1.0]})
+    expect_error(tmp_path, tokenizer, "non-integer label 0.5 at row 1", train_dataset=fractional)
+    whole = Dataset.from_dict({"text": ["good", "bad", "fine"], "label": [0.0, 1.0, 1.0]})
+    trainer = SemiSupervisedTrainer(
+        make_model(), tiny_config(tmp_path, self_training_rounds=0), train_dataset=whole, processing_class=tokenizer
+    )
+    assert trainer.labeled_dataset["labels"] == [0, 1, 1]
+
+
+def test_pseudo_label_accuracy_counts_the_pool_rows_that_have_a_label(tmp_path, tokenizer, caplog):
+    pool = toy_dataset(30, seed=2)
+    gold = list(pool["label"])
+    partial = pool.remove_columns("label").add_column("label", [None if i % 3 else g for i, g in enumerate(gold)])
+    config = tiny_config(tmp_path, self_training_rounds=1, max_steps=2, confidence_threshold=0.5, class_balance=False)
+    trainer = SemiSupervisedTrainer(
+        make_model(), config, train_dataset=toy_dataset(16), processing_class=tokenizer, unlabeled_dataset=partial
+    )
+    assert "10 of the 30 rows of the unlabeled set (`unlabeled_dataset`) have a label" in caplog.text
+    trainer.train()
+    record = trainer.self_training_history[1]
+    table = pq.read_table(tmp_path / "pseudo_labels" / "round-1.parquet").to_pydict()
+    labels, kept = np.asarray(table["label"]), np.asarray(table["selected"])
+    known = np.asarray([i % 3 == 0 for i in range(30)])
+    ids = np.asarray([{"negative": 0, "positive": 1}[g] for g in gold])
+    assert kept.all()
+    assert record["pseudo_label_accuracy"] == pytest.approx(float((labels == ids)[known & kept].mean()))
+    assert record["teacher_pool_accuracy"] == pytest.approx(float((labels == ids)[known].mean()))

@@ -86,7 +86,18 @@ def test_sampled_rest_and_an_unlabeled_file_make_one_pool(tmp_path):
     splits = load(train_file=train, unlabeled_file=extra, num_labeled_per_class=4)
     assert len(splits["unlabeled"]) == 12 + 3
     assert list(splits["unlabeled"]["text"][-3:]) == ["more a", "more b", "more c"]
-    assert splits["unlabeled"].column_names == ["text"]  # labels only known for part of the pool: not kept
+    # The sampled rest keeps its labels (for the pseudo-label accuracy); the file's rows have none.
+    labels = list(splits["unlabeled"]["label"])
+    assert None not in labels[:12] and labels[12:] == [None, None, None]
+
+
+def test_a_csv_and_a_jsonl_pool_keep_their_labels(tmp_path):
+    # A csv reads strings as `large_string`, a jsonl as `string`: the labels of both once vanished from the pool.
+    train = write(Dataset.from_dict(rows_with_ids({"pos": 10, "neg": 10})), tmp_path / "train.csv")
+    extra = write(Dataset.from_dict({"text": ["more a", "more b"], "label": ["pos", "neg"]}), tmp_path / "extra.jsonl")
+    splits = load(train_file=train, unlabeled_file=extra, num_labeled_per_class=4)
+    assert len(splits["unlabeled"]) == 12 + 2 and list(splits["unlabeled"]["label"][-2:]) == ["pos", "neg"]
+    assert None not in splits["unlabeled"]["label"]
 
 
 # ---- File formats and Hub-style datasets --------------------------------------------------------------------------
@@ -123,11 +134,13 @@ def test_dataset_folder_through_load_dataset(tmp_path):
         load(dataset_name=str(folder), unlabeled_split_name="unsupervised")
 
 
-def test_unlabeled_file_with_missing_labels_drops_its_label_column(tmp_path):
+def test_unlabeled_file_keeps_the_labels_it_has(tmp_path):
     train = write(Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]}), tmp_path / "train.jsonl")
     pool = write(Dataset.from_dict({"text": ["c", "d", "e"], "label": [-1, -1, 1]}), tmp_path / "pool.jsonl")
     splits = load(train_file=train, unlabeled_file=pool)
-    assert splits["unlabeled"].column_names == ["text"]
+    assert list(splits["unlabeled"]["label"]) == [-1, -1, 1]  # scored on the row that has one
+    unlabeled = write(Dataset.from_dict({"text": ["c", "d"], "label": [-1, -1]}), tmp_path / "unlabeled.jsonl")
+    assert load(train_file=train, unlabeled_file=unlabeled)["unlabeled"].column_names == ["text"]
     labeled_pool = write(Dataset.from_dict({"text": ["c", "d"], "label": [0, 1]}), tmp_path / "labeled_pool.jsonl")
     assert list(load(train_file=train, unlabeled_file=labeled_pool)["unlabeled"]["label"]) == [0, 1]
 
@@ -142,3 +155,16 @@ def test_empty_file_and_unreadable_file(tmp_path):
     garbage.write_text("not parquet")
     with pytest.raises(ValueError, match="`--unlabeled_file` .*garbage.parquet"):
         load(train_file=train, unlabeled_file=str(garbage))
+
+
+def test_errors_name_the_row_of_the_file_not_of_the_sample(tmp_path):
+    data = rows_with_ids({"pos": 5, "neg": 5})
+    data["text"][7] = None
+    train = write(Dataset.from_dict(data), tmp_path / "train.jsonl")
+    with pytest.raises(
+        ValueError, match=r"train set \(`--train_file` '.*train.jsonl'\)'s text column 'text' .* row 7 "
+    ):
+        load(train_file=train, num_labeled_per_class=2)
+    fractional = write(Dataset.from_dict({"text": ["a", "b", "c"], "label": [0.0, 0.5, 1.0]}), tmp_path / "f.jsonl")
+    with pytest.raises(ValueError, match=r"non-integer label 0.5 at row 1: a label is a class name or an integer"):
+        load(train_file=fractional, num_labeled_per_class=1)
