@@ -2,6 +2,7 @@
 
 import functools
 import logging
+import os
 
 import numpy as np
 
@@ -29,9 +30,26 @@ def macro_f1(predictions, references, labels=None) -> float:
     return float(np.mean(scores)) if scores else 0.0
 
 
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_EVALUATE_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def is_offline() -> bool:
+    """Whether the environment says offline (`HF_HUB_OFFLINE`, `HF_EVALUATE_OFFLINE` or `TRANSFORMERS_OFFLINE`)."""
+    import huggingface_hub.constants
+
+    values = [os.environ.get(name, "") for name in OFFLINE_VARIABLES]
+    return huggingface_hub.constants.HF_HUB_OFFLINE or any(v.upper() in ("1", "ON", "YES", "TRUE") for v in values)
+
+
 @functools.cache
 def _load_evaluate_metrics():
-    """The `evaluate` modules for accuracy and F1, or `None` when they cannot be loaded (e.g. offline)."""
+    """
+    The `evaluate` modules for accuracy and F1, or `None` when they cannot be loaded. Offline, `evaluate.load` is not
+    tried at all: it asks the Hub before its cache, and waits on the retries (about 2 s a run) before it gives up.
+    """
+    if is_offline():
+        logger.info("Offline: the local accuracy and F1 are used, not `evaluate.load`.")
+        return None
     try:
         import evaluate
 

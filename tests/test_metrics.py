@@ -22,3 +22,22 @@ def test_default_compute_metrics_offline():
     predictions = logits.argmax(-1)
     assert np.isclose(metrics["accuracy"], accuracy_score(references, predictions))
     assert np.isclose(metrics["f1"], f1_score(references, predictions, average="macro"))
+
+
+def test_offline_the_metrics_never_try_the_hub(monkeypatch):
+    # With HF_HUB_OFFLINE alone (no HF_EVALUATE_OFFLINE), `evaluate.load` still asked the Hub and waited on retries.
+    import evaluate
+
+    from hf_semisup import metrics
+
+    calls = []
+    monkeypatch.setattr(evaluate, "load", lambda *args, **kwargs: calls.append(args))
+    monkeypatch.delenv("HF_EVALUATE_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    metrics._load_evaluate_metrics.cache_clear()
+    try:
+        logits, references = np.eye(3)[[0, 1, 2, 1]], np.array([0, 1, 1, 1])
+        result = compute_classification_metrics(EvalPrediction(predictions=logits, label_ids=references))
+    finally:
+        metrics._load_evaluate_metrics.cache_clear()
+    assert calls == [] and result["accuracy"] == 0.75
