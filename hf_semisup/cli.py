@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import logging
 import os
+import shlex
 import sys
 
 import yaml
@@ -365,6 +366,30 @@ def train_and_report(trainer: SemiSupervisedTrainer, held_out: dict, resume_from
     return results
 
 
+def interrupted_message(trainer: SemiSupervisedTrainer, command: str, argv: list[str]) -> str:
+    """One line for a run stopped by Ctrl-C: where it stopped, what was saved, and the command that resumes it."""
+    run, args = trainer.run_state, trainer.args
+    where = f"interrupted in round {run.round} ({run.phase}, step {trainer.state.global_step})"
+    latest = find_latest_state(args.output_dir) if os.path.isdir(args.output_dir) else None
+    checkpoint = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
+    if latest is None and checkpoint is None:
+        why = " (`--save_strategy` is 'no')" if args.save_strategy == "no" else ""
+        return f"{where}; nothing was saved to resume from{why}: the same command starts over."
+    if latest is not None:
+        folder, saved = latest
+        what = f"round {saved.round}, {saved.phase}" + (f", step {saved.step}" if saved.step else "")
+        what = f"round {saved.round - 1} finished" if saved.phase == "labeling" and saved.step == 0 else what
+    else:
+        folder, what = checkpoint, "a Trainer checkpoint"
+    resume, value_follows = [], False
+    for arg in argv:  # the same command, without the `--resume_from_checkpoint` it may already have
+        if not value_follows and not arg.startswith("--resume_from_checkpoint"):
+            resume.append(arg)
+        value_follows = arg == "--resume_from_checkpoint"
+    command_line = shlex.join([PROG, command, *resume, "--resume_from_checkpoint", "true"])
+    return f"{where}; the latest save is {what} ({folder}). Resume with: {command_line}"
+
+
 # ---- Entry point ----------------------------------------------------------------------------------------------------
 def _fail(command: str, error: Exception) -> int:
     # Under `accelerate launch` every process hits the same bad input: one of them says so.
@@ -399,7 +424,12 @@ def main(argv: list[str] | None = None) -> int:
     except INPUT_ERRORS as error:
         return _fail(command, error)
 
-    results = train_and_report(trainer, held_out, resume)
+    try:
+        results = train_and_report(trainer, held_out, resume)
+    except KeyboardInterrupt:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"\n{PROG} {command}: {interrupted_message(trainer, command, argv)}", file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
     if command == "demo" and trainer.is_world_process_zero():
         from .demo import print_comparison
 

@@ -498,3 +498,73 @@ def test_help_documents_every_option(capsys):
         main(["--help"])
     top = capsys.readouterr().out
     assert "train" in top and "demo" in top
+
+
+def interrupt_at(monkeypatch, round_, step):
+    """Ctrl-C at optimizer step `step` of round `round_` (the trainer raises as Python does on SIGINT)."""
+    from hf_semisup.trainer import SemiSupervisedTrainer
+
+    training_step = SemiSupervisedTrainer.training_step
+
+    def step_or_stop(self, *args, **kwargs):
+        if self.current_round == round_ and self.state.global_step == step:
+            raise KeyboardInterrupt
+        return training_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(SemiSupervisedTrainer, "training_step", step_or_stop)
+
+
+def test_ctrl_c_says_where_it_stopped_what_was_saved_and_how_to_resume(workspace, tmp_path, capsys, monkeypatch):
+    output_dir = tmp_path / "interrupted"
+    argv = ["train", *data_flags(workspace), "--self_training_rounds", "1", "--output_dir", str(output_dir)]
+    argv += [*TINY_TRAINING, "--save_strategy", "steps", "--save_steps", "5"]
+    interrupt_at(monkeypatch, round_=1, step=7)
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("hf-semisup train: interrupted in round 1 (fitting, step 7); the latest save is round 1, ")
+    assert f"fitting, step 5 ({output_dir / 'round-1' / 'checkpoint-5'})" in line
+    resume = line.split("Resume with: ")[1]
+    assert resume == " ".join(["hf-semisup", *argv, "--resume_from_checkpoint", "true"])
+    monkeypatch.undo()
+    assert main(resume.split()[1:]) == 0  # the printed command resumes and finishes
+    history = json.loads((output_dir / "self_training_history.json").read_text())
+    assert [r["round"] for r in history] == [0, 1]
+
+    # Nothing saved: the line says so, and that the same command starts over.
+    argv = ["train", *data_flags(workspace), "--self_training_rounds", "1", "--output_dir", str(tmp_path / "unsaved")]
+    interrupt_at(monkeypatch, round_=0, step=3)
+    assert main([*argv, *TINY_TRAINING]) == 130
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == (
+        "hf-semisup train: interrupted in round 0 (fitting, step 3); nothing was saved to resume from "
+        "(`--save_strategy` is 'no'): the same command starts over."
+    )
+
+
+def test_sigint_ends_a_command_line_run_with_one_line(workspace, tmp_path):
+    import signal
+    import time
+
+    output_dir = tmp_path / "sigint"
+    argv = ["train", *data_flags(workspace), "--self_training_rounds", "1", "--output_dir", str(output_dir)]
+    argv += [*TINY_TRAINING, "--max_steps", "400", "--save_strategy", "steps", "--save_steps", "5"]
+    env = dict(os.environ, PYTHONPATH=REPO)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hf_semisup", *argv],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    saved = output_dir / "round-0" / "checkpoint-5" / "self_training_state.json"
+    deadline = time.monotonic() + 300
+    while not saved.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    assert "interrupted in round 0" in err.strip().splitlines()[-1]
+    assert err.strip().splitlines()[-1].endswith("--resume_from_checkpoint true")
