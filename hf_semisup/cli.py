@@ -286,6 +286,7 @@ def build_trainer(data_args: DataArguments, model_args: ModelArguments, config: 
                     num_labels=model.config.num_labels,
                     max_length=config.max_length,
                 )
+    trainer.model_card_facts.eval_split = per_round  # the card names the split its "Eval" metrics come from
     num_unlabeled = len(pool) if pool is not None and config.self_training_rounds > 0 else 0
     return trainer, held_out, num_unlabeled
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import enum
+import json
 import os
 import platform
 from pathlib import Path
@@ -56,6 +57,8 @@ class ModelCardFacts:
         history (`list[dict]`): the round records.
         best_round (`int` or `None`): the round kept by `load_best_model_at_end`.
         best_metric (`str` or `None`): the eval metric that chose it.
+        eval_split (`str` or `None`): what a single eval set is (`"validation"`, `"test"`), for the card's columns;
+            `None`: a Hub dataset's own split, else "Eval".
     """
 
     labeled_dataset: object = None
@@ -65,6 +68,7 @@ class ModelCardFacts:
     history: list = dataclasses.field(default_factory=list)
     best_round: int | None = None
     best_metric: str | None = None
+    eval_split: str | None = None
 
 
 def write_model_card(trainer, output_dir: str, **kwargs) -> str:
@@ -121,7 +125,8 @@ def build_model_card(
         model_name = hub_model_id.split("/")[-1] if hub_model_id else Path(args.output_dir).absolute().name
     repo_id = trainer.hub_model_id or args.hub_model_id or model_name
     base_name = _base_model_name(model)
-    base_model_id = finetuned_from or _hub_id(base_name)
+    local_name, local_hub_id = _local_model_names(base_name) if base_name and os.path.isdir(base_name) else (None,) * 2
+    base_model_id = finetuned_from or _hub_id(base_name) or local_hub_id
     peft_type = peft_description = None
     if is_peft_model(model):
         peft_config = model.active_peft_config
@@ -131,6 +136,10 @@ def build_model_card(
 
     # Datasets
     eval_sets = {name: data for name, data in facts.eval_datasets.items() if data is not None}
+    split = facts.eval_split
+    if split is None and list(eval_sets) == [None] and _dataset_id(eval_sets[None]):
+        split = getattr(eval_sets[None], "split", None)
+    columns = {None: f"{split}" if split else "Eval"}
     datasets_used = [facts.labeled_dataset, facts.unlabeled_dataset, *eval_sets.values()]
     hub_datasets = dataset_tags or list(dict.fromkeys(filter(None, map(_dataset_id, datasets_used))))
     num_unlabeled = len(facts.unlabeled_dataset) if facts.unlabeled_dataset is not None else 0
@@ -144,7 +153,7 @@ def build_model_card(
     labeled_counts = np.bincount(np.asarray(facts.labeled_dataset["labels"]), minlength=len(class_names))
 
     # Rounds and results
-    round_columns, round_rows = _round_table(history, eval_sets)
+    round_columns, round_rows = _round_table(history, eval_sets, columns)
     final = None
     if history:
         final = history[facts.best_round] if facts.best_round is not None else history[-1]
@@ -153,7 +162,7 @@ def build_model_card(
         for eval_name, metrics in _eval_metrics(final, eval_sets).items():
             data = eval_sets.get(eval_name)
             for metric, value in metrics.items():
-                final_metrics[_column_name(eval_name, metric)] = _format(value)
+                final_metrics[_column_name(eval_name, metric, columns)] = _format(value)
                 if metric != "loss":
                     eval_results.append(
                         _eval_result(facts, eval_name, data, metric, value, dataset_tags, dataset, dataset_args)
@@ -178,7 +187,7 @@ def build_model_card(
         model_name=model_name,
         repo_id=repo_id,
         base_model_id=base_model_id,
-        base_model_display=_base_model_display(base_model_id, base_name, model),
+        base_model_display=_base_model_display(base_model_id, local_name or base_name, model),
         class_names=class_names,
         id2label=dict(enumerate(class_names)),
         label2id={name: i for i, name in enumerate(class_names)},
@@ -193,6 +202,11 @@ def build_model_card(
         self_training_rounds=args.self_training_rounds,
         confidence_threshold=args.confidence_threshold,
         selection_strategy=getattr(args, "selection_strategy", "threshold"),
+        entropy_threshold=getattr(args, "entropy_threshold", None),
+        # Rules without a confidence threshold record the confidence of the last row they kept.
+        threshold_column="Threshold"
+        if getattr(args, "selection_strategy", "threshold") in ("threshold", "adaptive")
+        else "Lowest confidence kept",
         pseudo_label_fraction=getattr(args, "pseudo_label_fraction", None),
         soft_pseudo_labels=getattr(args, "soft_pseudo_labels", False),
         first_teacher=getattr(args, "first_teacher", "model"),
@@ -277,13 +291,13 @@ def framework_versions(include_peft: bool = False) -> dict[str, str]:
     return versions
 
 
-def _round_table(history: list[dict], eval_sets: dict) -> tuple[list[str], list[dict]]:
+def _round_table(history: list[dict], eval_sets: dict, names: dict | None = None) -> tuple[list[str], list[dict]]:
     """Column names of the per-round eval metrics, and one row of formatted cells per round."""
     columns = {}
     for record in history:
         for eval_name, metrics in _eval_metrics(record, eval_sets).items():
             for metric in metrics:
-                columns.setdefault((eval_name, metric), _column_name(eval_name, metric))
+                columns.setdefault((eval_name, metric), _column_name(eval_name, metric, names))
     rows = []
     for record in history:
         metrics = _eval_metrics(record, eval_sets)
@@ -378,6 +392,32 @@ def _describe_adapter(model, peft_type: str) -> str:
     )
 
 
+def _local_model_names(folder: str) -> tuple[str | None, str | None]:
+    """
+    What a model folder says it is: `(name, hub_id)`. The name comes from its card (`README.md`: `model_name`, the
+    model-index name or the title), else from its config's `_name_or_path` (which transformers 4 wrote); that is a Hub
+    id (`org/name`) only when the card names no other model: a fine-tuned model's config can name what it was
+    fine-tuned from.
+    """
+    name = None
+    card_path = os.path.join(folder, CARD_NAME)
+    if os.path.isfile(card_path):
+        card = ModelCard.load(card_path, ignore_metadata_errors=True)
+        name = getattr(card.data, "model_name", None)
+        if not name:
+            titles = [line[2:].strip() for line in card.text.splitlines() if line.startswith("# ")]
+            name = titles[0] if titles else None
+    config_name = None
+    config_path = os.path.join(folder, "config.json")
+    if os.path.isfile(config_path):
+        with open(config_path, encoding="utf-8") as f:
+            config_name = json.load(f).get("_name_or_path") or None
+    hub_id = _hub_id(config_name) if config_name and "/" in config_name else None
+    if hub_id is not None and name is not None and name != hub_id.split("/")[-1]:
+        hub_id = None
+    return name or (hub_id.split("/")[-1] if hub_id else None), hub_id
+
+
 def _hub_id(name: str | None) -> str | None:
     """`name` if it can be a Hub model id, `None` for an empty name or a local path."""
     if not name or os.path.isdir(name):
@@ -403,8 +443,9 @@ def _dataset_name(data) -> str:
     return f"local `{builder}` files" if builder else "in-memory `Dataset`"
 
 
-def _column_name(eval_name: str | None, metric: str) -> str:
-    return f"{eval_name} {metric}" if eval_name else f"Eval {metric}"
+def _column_name(eval_name: str | None, metric: str, names: dict | None = None) -> str:
+    """`eval_name metric` for a dict of eval sets; a single set by what it is (`names[None]`: a split, or "Eval")."""
+    return f"{eval_name} {metric}" if eval_name else f"{(names or {}).get(None, 'Eval')} {metric}"
 
 
 def _format(value) -> str:

@@ -129,6 +129,9 @@ def test_train_end_to_end_in_process(workspace, trained):
     gold = np.asarray([model.config.label2id[label] for label in list(test["label"])])
     assert results["test_accuracy"] == pytest.approx(float((logits.argmax(-1).numpy() == gold).mean()))
     assert results["validation_accuracy"] == history[-1]["eval_accuracy"]
+    # The card names the split its round metrics come from.
+    card = (output_dir / "README.md").read_text()
+    assert "| validation accuracy |" in card and "Eval accuracy" not in card
 
 
 def test_resume_an_interrupted_run_from_the_command_line(workspace, tmp_path, caplog):
@@ -286,6 +289,8 @@ def test_accelerate_launch_two_processes(workspace, tmp_path):
     # No validation file: rounds are scored on the test set, whose final metrics are the last round's.
     assert "test accuracy" in process.stdout
     assert results["test_accuracy"] == history[-1]["eval_accuracy"]
+    card = (tmp_path / "README.md").read_text()
+    assert f"| test accuracy | {history[-1]['eval_accuracy']:.4f} |" in card and "Eval accuracy" not in card
     assert AutoModelForSequenceClassification.from_pretrained(str(tmp_path)).config.label2id == {
         "negative": 0,
         "positive": 1,

