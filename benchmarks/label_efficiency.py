@@ -272,6 +272,9 @@ def run_semisup(split: Split, overrides: dict, seed: int, args, model_path: str,
         settings = {**base_settings(args, output_dir), **overrides}
         settings["seed"] += seed
         config = SemiSupervisedConfig(**settings)
+        if config.self_training_rounds == 0 and config.max_steps <= 0:
+            # A 0-round run trains what `TrainingArguments` says: give it the length the others' round 0 has.
+            config = SemiSupervisedConfig(**{**settings, "max_steps": config.round_max_steps(len(labeled))})
         model = load_model(model_path, split.labeled, config.seed)
         trainer = SemiSupervisedTrainer(
             model=model,

@@ -62,7 +62,8 @@ class RoundLogCallback(TrainerCallback):
         self.trainer = trainer
 
     def on_round_end(self, args, state, control, run=None, record=None, **kwargs):
-        self.trainer.log(round_logs(record))
+        if args.self_training_rounds > 0:  # plain fine-tuning logs what `Trainer` logs, its summary last
+            self.trainer.log(round_logs(record))
 
 
 class ModelCardCallback(TrainerCallback):

@@ -58,7 +58,8 @@ class SemiSupervisedConfig(TrainingArguments):
         min_steps_per_round (`int`, *optional*, defaults to `100`):
             A round trains its epochs, or this many optimizer steps when those are fewer: 16 labels and 3 epochs are 6
             steps, too few for a teacher (`--quick`: 6 steps 0.476, 60 steps 0.567, 100 steps 0.588, 240 steps 0.591).
-            `max_steps > 0` overrides it; `0` turns it off (then `self_training_rounds=0` is a plain `Trainer` run).
+            `max_steps > 0` overrides it; `0` turns it off. A run with `self_training_rounds=0` trains exactly what
+            `TrainingArguments` says, as `Trainer` does.
         first_teacher (`str`, *optional*, defaults to `"embeddings"`):
             Who labels round 1 (later rounds: the last student), by name in `teachers.TEACHERS`:
 
@@ -281,7 +282,7 @@ class SemiSupervisedConfig(TrainingArguments):
         metadata={
             "help": "Train each round for its epochs (num_train_epochs, or student_epochs), or for at least this many "
             "optimizer steps when the epochs are fewer (small labeled sets). max_steps > 0 overrides it; 0 turns it "
-            "off."
+            "off. Runs with self_training_rounds=0 train what TrainingArguments says."
         },
     )
 

@@ -27,7 +27,8 @@ def save_with_history_and_card(trainer, output_dir: str, save_model):
         save_model(output_dir, _internal_call=True)
     if final and trainer.is_world_process_zero():
         write_json_atomic(os.path.join(output_dir, HISTORY_NAME), trainer.self_training_history)
-        write_model_card(trainer, output_dir)
+        if getattr(model, "config", None) is not None:  # a plain `torch.nn.Module` has no classes to describe
+            write_model_card(trainer, output_dir)
 
 
 def hub_unreachable_error(error: Exception, args) -> ValueError:

@@ -10,6 +10,7 @@ import datasets
 import numpy as np
 from transformers import AutoConfig, PreTrainedModel, set_seed
 
+from .adapters import is_peft_model
 from .config import DEFAULT_CONSISTENCY_WEIGHT, SemiSupervisedConfig
 from .data import (
     check_every_class_labeled,
@@ -51,6 +52,11 @@ def default_consistency_weight(unlabeled_dataset, tokenizer, compute_loss_func, 
 
 def prepare_kwargs(args, tokenizer, model_config) -> dict:
     """What `prepare_dataset` needs from the trainer: the tokenizer, the columns, the model's classes, the length."""
+    if model_config is None:
+        raise ValueError(
+            "Raw-text datasets are tokenized and their labels mapped to the model's classes: that needs a model with a "
+            "`config` (`num_labels`, `label2id`). Pass tokenized datasets with integer `labels`, or such a model."
+        )
     return dict(
         tokenizer=tokenizer,
         text_column=args.text_column,
@@ -75,13 +81,37 @@ def prepare_unlabeled(unlabeled_dataset, prepare: dict, args):
     )
 
 
-def prepare_eval(eval_dataset, prepare: dict):
-    if isinstance(eval_dataset, dict):
-        return {
-            key: prepare_dataset(value, name=f"eval set {key!r} (`eval_dataset`)", **prepare)[0]
-            for key, value in eval_dataset.items()
-        }
-    return prepare_dataset(eval_dataset, name="eval set (`eval_dataset`)", **prepare)[0]
+def prepare_eval(eval_dataset, prepare: dict, key: str | None = None):
+    name = f"eval set {key!r} (`eval_dataset`)" if key is not None else "eval set (`eval_dataset`)"
+    return prepare_dataset(eval_dataset, name=name, **prepare)[0]
+
+
+def _needs(prepare: dict | None) -> dict:
+    return prepare if prepare is not None else prepare_kwargs(None, None, None)  # raises: no classes to map to
+
+
+def class_names(model_config) -> list[str]:
+    """The model's class names in id order (none for a model without a config of classes)."""
+    id2label = getattr(model_config, "id2label", None) or {}
+    return [str(id2label[i]) for i in range(len(id2label))]
+
+
+def class_prior(labeled, num_labels: int) -> np.ndarray | None:
+    """The labeled set's class shares, when it is a prepared `datasets.Dataset` with integer `labels`."""
+    if not num_labels or not isinstance(labeled, datasets.Dataset) or "labels" not in labeled.column_names:
+        return None
+    labels = np.asarray(labeled["labels"])
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        return None
+    counts = np.bincount(labels, minlength=num_labels)
+    return counts / counts.sum()
+
+
+def is_sequence_classifier(model) -> bool:
+    """A `...ForSequenceClassification` model (a PEFT one too), whose loss is its own batch mean."""
+    if is_peft_model(model):
+        model = model.get_base_model()
+    return type(model).__name__.endswith("ForSequenceClassification")
 
 
 def load_model(name: str, args: SemiSupervisedConfig, train_dataset) -> PreTrainedModel:
@@ -103,18 +133,42 @@ class PreparedData:
     unlabeled_gold_labels: np.ndarray | None  # the pool's hidden labels, for diagnostics only
 
 
-def prepare_datasets(args, tokenizer, model_config, train_dataset, eval_dataset, unlabeled_dataset) -> PreparedData:
+def is_ours_to_prepare(dataset, args) -> bool:
+    """
+    Whether a dataset of a plain run (no self-training, no pool) is tokenized and label-mapped here: a
+    `datasets.Dataset` of raw text (`args.text_column`), or tokenized with `args.label_column` (class names to map).
+    Anything else goes to `Trainer` as given, as `Trainer` takes it.
+    """
+    if not isinstance(dataset, datasets.Dataset):
+        return False
+    columns = dataset.column_names
+    return args.label_column in columns if "input_ids" in columns else args.text_column in columns
+
+
+def prepare_datasets(
+    args, tokenizer, model_config, train_dataset, eval_dataset, unlabeled_dataset, plain: bool = False
+) -> PreparedData:
     """
     Tokenize and label-map every dataset (the main process first: the others reuse its cache), check that every class
-    has a labeled example, and drop from the pool the rows that repeat a labeled text.
+    has a labeled example, and drop from the pool the rows that repeat a labeled text. In a `plain` run (no
+    self-training, no pool), only the datasets [`is_ours_to_prepare`] are prepared; the others are left as given.
     """
-    prepare = prepare_kwargs(args, tokenizer, model_config)
+    prepare = None if model_config is None else prepare_kwargs(args, tokenizer, model_config)
     with args.main_process_first(desc="dataset preparation"):
-        labeled, _ = prepare_dataset(train_dataset, name="labeled set (`train_dataset`)", **prepare)
-        check_every_class_labeled(labeled["labels"], model_config.id2label, "labeled set")
-        warn_on_unknown_tokens(labeled, tokenizer, "labeled set")
-        if eval_dataset is not None:
-            eval_dataset = prepare_eval(eval_dataset, prepare)
+        labeled = train_dataset
+        if not plain or is_ours_to_prepare(train_dataset, args):
+            labeled, _ = prepare_dataset(train_dataset, name="labeled set (`train_dataset`)", **_needs(prepare))
+            check_every_class_labeled(labeled["labels"], model_config.id2label, "labeled set")
+            warn_on_unknown_tokens(labeled, tokenizer, "labeled set")
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {
+                key: prepare_eval(value, _needs(prepare), key)
+                if not plain or is_ours_to_prepare(value, args)
+                else value
+                for key, value in eval_dataset.items()
+            }
+        elif eval_dataset is not None and (not plain or is_ours_to_prepare(eval_dataset, args)):
+            eval_dataset = prepare_eval(eval_dataset, _needs(prepare))
         if isinstance(unlabeled_dataset, datasets.Dataset) and len(unlabeled_dataset):
             unlabeled_dataset = drop_labeled_duplicates(train_dataset, unlabeled_dataset, args.text_column)
         unlabeled, gold = prepare_unlabeled(unlabeled_dataset, prepare, args)

@@ -7,12 +7,14 @@ import os
 import platform
 from pathlib import Path
 
+import datasets
 import numpy as np
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from .adapters import is_peft_model
+from .inputs import class_prior
 from .outputs import CARD_NAME
 
 
@@ -146,11 +148,15 @@ def build_model_card(
     roles = {"Labeled": facts.labeled_dataset, "Unlabeled": facts.unlabeled_dataset}
     roles.update({f"Evaluation ({name})" if name else "Evaluation": data for name, data in eval_sets.items()})
     data_rows = [
-        {"role": role, "name": _dataset_name(data), "size": len(data)}
+        {"role": role, "name": _dataset_name(data), "size": len(data) if hasattr(data, "__len__") else "-"}
         for role, data in roles.items()
         if data is not None
     ]
-    labeled_counts = np.bincount(np.asarray(facts.labeled_dataset["labels"]), minlength=len(class_names))
+    prior = class_prior(facts.labeled_dataset, len(class_names))  # `None` for a dataset given to Trainer as is
+    labeled_counts = {}
+    if prior is not None:
+        counts = np.bincount(np.asarray(facts.labeled_dataset["labels"]), minlength=len(class_names))
+        labeled_counts = {name: int(count) for name, count in zip(class_names, counts)}
 
     # Rounds and results
     round_columns, round_rows = _round_table(history, eval_sets, columns)
@@ -195,10 +201,10 @@ def build_model_card(
         peft_description=peft_description,
         is_adapter=is_adapter,
         is_merged=peft_type is not None and not is_adapter,
-        num_labeled=len(facts.labeled_dataset),
+        num_labeled=len(facts.labeled_dataset) if hasattr(facts.labeled_dataset, "__len__") else "a stream of",
         num_unlabeled=num_unlabeled,
         data_rows=data_rows,
-        labeled_class_counts={name: int(count) for name, count in zip(class_names, labeled_counts)},
+        labeled_class_counts=labeled_counts,
         self_training_rounds=args.self_training_rounds,
         confidence_threshold=args.confidence_threshold,
         selection_strategy=getattr(args, "selection_strategy", "threshold"),
@@ -439,6 +445,8 @@ def _dataset_name(data) -> str:
     hub_id = _dataset_id(data)
     if hub_id:
         return f"[{hub_id}](https://huggingface.co/datasets/{hub_id})"
+    if not isinstance(data, datasets.Dataset):
+        return f"a `{type(data).__name__}`"
     builder = getattr(getattr(data, "info", None), "builder_name", None)
     return f"local `{builder}` files" if builder else "in-memory `Dataset`"
 

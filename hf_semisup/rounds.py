@@ -122,7 +122,7 @@ class RoundLoop:
         else:
             train_set = self.student_set(round_, record)
             host.start_student(round_)
-        record["num_train_examples"] = len(train_set)
+        record["num_train_examples"] = len(train_set) if hasattr(train_set, "__len__") else None
 
         run.phase = "fitting"
         output = host.fit_round(round_, train_set, checkpoint, **train_kwargs)
@@ -294,7 +294,7 @@ class RoundLoop:
 
     def track_best_round(self, record: dict):
         run, key = self.run, self.best_metric_key()
-        if key is None:
+        if key is None or self.args.self_training_rounds == 0:  # plain fine-tuning: `Trainer` keeps its best step
             return
         metric = round_metric(record, key)
         if run.best_metric is None or self.is_better(metric, run.best_metric):

@@ -3,7 +3,6 @@ import math
 import os
 
 import datasets
-import numpy as np
 import torch
 from transformers import (
     AutoTokenizer,
@@ -31,7 +30,10 @@ from .data import (
 from .guards import NonFiniteError, check_finite_model, gathered_loss
 from .hub import hub_unreachable_error, save_with_history_and_card
 from .inputs import (
+    class_names,
+    class_prior,
     default_consistency_weight,
+    is_sequence_classifier,
     load_model,
     prepare_datasets,
     prepare_kwargs,
@@ -124,11 +126,20 @@ class SemiSupervisedTrainer(Trainer):
         if isinstance(model, os.PathLike):
             model = os.fspath(model)  # a `pathlib.Path` to a saved model loads like its string
         args = resolve_args(args, model)
-        if train_dataset is None:
-            raise ValueError("`train_dataset` (the labeled set) is required.")
-        check_dataset_types(
-            train_dataset=train_dataset, eval_dataset=eval_dataset, unlabeled_dataset=unlabeled_dataset
-        )
+        # A plain run (no rounds, no pool, no consistency loss asked for) takes what `Trainer` takes and does what it
+        # does (the README lists the differences); self-training needs labeled `datasets.Dataset`s of a classifier.
+        plain = args.self_training_rounds == 0 and unlabeled_dataset is None and not args.consistency_weight
+        if not plain:
+            if train_dataset is None:
+                raise ValueError("`train_dataset` (the labeled set) is required.")
+            check_dataset_types(
+                train_dataset=train_dataset, eval_dataset=eval_dataset, unlabeled_dataset=unlabeled_dataset
+            )
+            if model is None and model_init is not None:
+                raise ValueError(
+                    "`model_init` makes `Trainer.train` build a new model at each call, and each self-training round is "
+                    "one: pass the model instead (`model=model_init()`)."
+                )
         # Unset, `consistency_weight` is chosen once the model and tokenizer are known (below) and written back, so that
         # the card and history say what ran; a config reused for another trainer chooses again.
         choose_consistency = args.consistency_weight is None or args._consistency_weight_chosen
@@ -142,26 +153,30 @@ class SemiSupervisedTrainer(Trainer):
         if processing_class is None and isinstance(model, str):
             processing_class = AutoTokenizer.from_pretrained(model, **file_location_kwargs(args.model_init_kwargs))
 
-        # Model
-        has_labels = args.label_column in train_dataset.column_names
-        label_names = label_names_of(train_dataset, args.label_column) if has_labels else None
+        # Model (with `model_init` alone, `Trainer` builds the model: one built here only shows its config)
+        labeled = isinstance(train_dataset, datasets.Dataset) and args.label_column in train_dataset.column_names
+        label_names = label_names_of(train_dataset, args.label_column) if labeled else None
         if isinstance(model, str):
             model = load_model(model, args, train_dataset)
-        if model is None:
+        if model is None and model_init is None:
             raise ValueError("`model` is required (a model, or a name or path to load).")
-        align_label_names(model.config, label_names)
+        shown = model if model is not None else model_init()
+        model_config = getattr(shown, "config", None)
+        if model_config is not None:
+            align_label_names(model_config, label_names)
 
         # PEFT
-        model = prepare_peft_model(model, peft_config)
+        model = prepare_peft_model(model, peft_config) if model is not None else None
 
         # The run's rules, now that the model and the data are known
         if choose_consistency:
+            num_labels = getattr(model_config, "num_labels", 0)
             args.consistency_weight = default_consistency_weight(
-                unlabeled_dataset, processing_class, compute_loss_func, model.config.num_labels
+                unlabeled_dataset, processing_class, compute_loss_func, num_labels
             )
         check_run(
             args,
-            model=model,
+            model_config=model_config,
             unlabeled_dataset=unlabeled_dataset,
             eval_dataset=eval_dataset,
             compute_loss_func=compute_loss_func,
@@ -170,7 +185,7 @@ class SemiSupervisedTrainer(Trainer):
 
         # Datasets: tokenized, label-mapped and checked once, here
         prepared = prepare_datasets(
-            args, processing_class, model.config, train_dataset, eval_dataset, unlabeled_dataset
+            args, processing_class, model_config, train_dataset, eval_dataset, unlabeled_dataset, plain=plain
         )
         self.labeled_dataset, eval_dataset = prepared.labeled, prepared.eval
         self.unlabeled_source, self.unlabeled_dataset = prepared.unlabeled_source, prepared.unlabeled
@@ -179,8 +194,9 @@ class SemiSupervisedTrainer(Trainer):
         # Collator and metrics
         if data_collator is None and processing_class is not None:
             data_collator = DataCollatorWithPadding(processing_class)
-        default_metrics = compute_metrics is None
-        if compute_metrics is None:
+        # Accuracy and macro-F1 by default, for a classifier (a plain run of another model keeps `Trainer`'s: the loss).
+        default_metrics = compute_metrics is None and (not plain or is_sequence_classifier(shown))
+        if default_metrics:
             compute_metrics = compute_classification_metrics
 
         super().__init__(
@@ -201,7 +217,7 @@ class SemiSupervisedTrainer(Trainer):
         # Sequence classifiers take `**kwargs` but average their loss over their own batch, ignoring
         # `num_items_in_batch`: told they accept loss kwargs, `Trainer` multiplies that loss by the world size, which
         # doubles the logged loss and changes gradient clipping at 2 processes.
-        if compute_loss_func is None:
+        if compute_loss_func is None and is_sequence_classifier(self.model):
             self.model_accepts_loss_kwargs = False
 
         # Consistency
@@ -213,9 +229,8 @@ class SemiSupervisedTrainer(Trainer):
             )
 
         # Self-training state: the loop's (see `state.py`), the classes it balances, and the callbacks that report it
-        self.class_names = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
-        counts = np.bincount(self.labeled_dataset["labels"], minlength=model.config.num_labels)
-        self.class_prior = counts / counts.sum()
+        self.class_names = class_names(model_config)
+        self.class_prior = class_prior(self.labeled_dataset, len(self.class_names))
         self._user_optimizers = optimizers[0] is not None
         self.run_state = RunState(seed=args.seed)
         if args.self_training_rounds > 0 and (
@@ -264,7 +279,7 @@ class SemiSupervisedTrainer(Trainer):
         return prepare_dataset(dataset, name=name, labels=labels, **self._prepare_kwargs())[0]
 
     def _prepare_kwargs(self) -> dict:
-        return prepare_kwargs(self.args, self.processing_class, self.model.config)
+        return prepare_kwargs(self.args, self.processing_class, getattr(self.model, "config", None))
 
     def pseudo_label(
         self, dataset: datasets.Dataset | datasets.IterableDataset | None = None
@@ -283,7 +298,8 @@ class SemiSupervisedTrainer(Trainer):
         if dataset is None:
             source, prepared = self.unlabeled_source, self.unlabeled_dataset
         else:
-            source, prepared = dataset, prepare_to_label(self.args, self.processing_class, self.model.config, dataset)
+            config = getattr(self.model, "config", None)
+            source, prepared = dataset, prepare_to_label(self.args, self.processing_class, config, dataset)
         self._move_model_to_device(self.model, self.args.device)
         predictions = predict_pool(
             self.model, prepared, self.data_collator, self.accelerator, self.args.per_device_eval_batch_size,
@@ -388,12 +404,17 @@ class SemiSupervisedTrainer(Trainer):
         self.model_wrapped = self.model  # a fresh DDP wrapper for the new optimizer
 
     def fit_round(self, round_: int, train_set, checkpoint: str | None, **train_kwargs) -> TrainOutput:
-        """`Trainer.train` on `train_set`, seeded for the round, for the round's length (see `round_max_steps`)."""
+        """
+        `Trainer.train` on `train_set`, seeded for the round, for the round's length (see `round_max_steps`); a run
+        without self-training rounds trains exactly what `TrainingArguments` says.
+        """
         self.train_dataset = train_set
         # Each round starts from its own seed, so its training depends only on its inputs, never on how much randomness
         # the rounds before it used: a run resumed at a round boundary then matches an uninterrupted one.
         seed = self.args.seed + round_
         enable_full_determinism(seed) if self.args.full_determinism else set_seed(seed)
+        if self.args.self_training_rounds == 0:
+            return self._fit(checkpoint, **train_kwargs)
         max_steps, epochs = self.args.max_steps, self.args.num_train_epochs
         world_size = self.accelerator.num_processes
         self.args.max_steps = self.args.round_max_steps(len(train_set), world_size, round_=round_)
@@ -405,12 +426,15 @@ class SemiSupervisedTrainer(Trainer):
                 f"{self.args.max_steps} steps."
             )
         try:
-            output = self._fitted_checkpoint(checkpoint) if checkpoint is not None else None
-            if output is None:
-                output = super().train(resume_from_checkpoint=checkpoint, **train_kwargs)
+            return self._fit(checkpoint, **train_kwargs)
         finally:
             self.args.max_steps, self.args.num_train_epochs = max_steps, epochs
-        check_finite_model(self.model, f"Round {round_}, end of training")
+
+    def _fit(self, checkpoint: str | None, **train_kwargs) -> TrainOutput:
+        output = self._fitted_checkpoint(checkpoint) if checkpoint is not None else None
+        if output is None:
+            output = super().train(resume_from_checkpoint=checkpoint, **train_kwargs)
+        check_finite_model(self.model, f"Round {self.current_round}, end of training")
         return output
 
     def _fitted_checkpoint(self, checkpoint: str) -> TrainOutput | None:
@@ -429,7 +453,23 @@ class SemiSupervisedTrainer(Trainer):
     def evaluate_round(self, ignore_keys=None) -> dict:
         if self.eval_dataset is None:
             return {}
-        return deterministic_metrics(self.evaluate(ignore_keys=ignore_keys))
+        if self.args.self_training_rounds > 0:
+            return deterministic_metrics(self.evaluate(ignore_keys=ignore_keys))
+        # Plain fine-tuning logs what `Trainer` logs: the history's metrics come from an evaluation that no log entry
+        # or callback sees.
+        sets = self.eval_dataset if isinstance(self.eval_dataset, dict) else {None: self.eval_dataset}
+        metrics = {}
+        for name, dataset in sets.items():
+            output = self.evaluation_loop(
+                self.get_eval_dataloader(dataset),
+                description="Evaluation",
+                prediction_loss_only=True if self.compute_metrics is None else None,
+                ignore_keys=ignore_keys,
+                metric_key_prefix="eval" if name is None else f"eval_{name}",
+            )
+            metrics.update(output.metrics)
+        metrics["epoch"] = self.state.epoch
+        return deterministic_metrics(metrics)
 
     def copy_weights(self) -> dict[str, torch.Tensor]:
         return copy_weights(self.model)

@@ -103,8 +103,11 @@ def check_constraints(config, constraints: dict[str, list]):
         raise ValueError(f"`{name}` must be {described}, got {value!r}.")
 
 
-def check_run(args, *, model, unlabeled_dataset, eval_dataset, compute_loss_func, compute_metrics) -> None:
-    """The rules that involve the model, the datasets or the trainer's other arguments, as one `ValueError`."""
+def check_run(args, *, model_config, unlabeled_dataset, eval_dataset, compute_loss_func, compute_metrics) -> None:
+    """
+    The rules that involve the model (its `config`, `None` for a plain `torch.nn.Module`), the datasets or the trainer's
+    other arguments, as one `ValueError`.
+    """
     weight = args.consistency_weight or 0.0
     if (args.self_training_rounds > 0 or weight > 0) and unlabeled_dataset is None:
         raise ValueError(
@@ -135,7 +138,12 @@ def check_run(args, *, model, unlabeled_dataset, eval_dataset, compute_loss_func
     if args.rollback_on_worse_eval and eval_dataset is None:
         raise ValueError("`rollback_on_worse_eval`=True compares eval metrics between rounds: pass an `eval_dataset`.")
 
-    num_labels = model.config.num_labels
+    if (args.self_training_rounds > 0 or weight > 0) and getattr(model_config, "num_labels", None) is None:
+        raise ValueError(
+            "Self-training and the consistency loss need a classifier with a `config` (`num_labels`, `id2label`), as "
+            "`AutoModelForSequenceClassification` builds: the model has none."
+        )
+    num_labels = getattr(model_config, "num_labels", 0)
     for name, needs_classes in (
         ("consistency_weight", weight > 0),
         ("soft_pseudo_labels", args.soft_pseudo_labels),
@@ -144,7 +152,7 @@ def check_run(args, *, model, unlabeled_dataset, eval_dataset, compute_loss_func
         if needs_classes and num_labels < 2:
             shown = " > 0" if name == "consistency_weight" else f"={getattr(args, name)!r}"
             raise ValueError(f"`{name}`{shown} needs a classifier with >= 2 labels, got `num_labels`={num_labels}.")
-    if args.pseudo_label_top_k > num_labels:
+    if args.pseudo_label_top_k > num_labels and model_config is not None:
         raise ValueError(
             f"`pseudo_label_top_k` must be at most the model's {num_labels} classes, got {args.pseudo_label_top_k}."
         )
