@@ -247,7 +247,7 @@ def load_selection(path: str, pool_size: int) -> tuple[PseudoLabels, np.ndarray,
         with np.load(path) as arrays:
             payload = {key: arrays[key] for key in arrays.files}
     labels = np.asarray(payload["labels"], dtype=np.int64)
-    if len(labels) != pool_size:
+    if pool_size is not None and len(labels) != pool_size:  # a streamed pool's size is not known
         raise ValueError(
             f"{path} labels {len(labels)} rows, but the unlabeled set (`unlabeled_dataset`) has {pool_size}: resume "
             "with the same datasets as the interrupted run."

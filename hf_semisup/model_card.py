@@ -144,7 +144,8 @@ def build_model_card(
     columns = {None: f"{split}" if split else "Eval"}
     datasets_used = [facts.labeled_dataset, facts.unlabeled_dataset, *eval_sets.values()]
     hub_datasets = dataset_tags or list(dict.fromkeys(filter(None, map(_dataset_id, datasets_used))))
-    num_unlabeled = len(facts.unlabeled_dataset) if facts.unlabeled_dataset is not None else 0
+    pool = facts.unlabeled_dataset
+    num_unlabeled = (len(pool) if hasattr(pool, "__len__") else "a stream of") if pool is not None else 0
     roles = {"Labeled": facts.labeled_dataset, "Unlabeled": facts.unlabeled_dataset}
     roles.update({f"Evaluation ({name})" if name else "Evaluation": data for name, data in eval_sets.items()})
     data_rows = [

@@ -350,3 +350,9 @@ def _predict_stream(model, dataset, collator, accelerator, batch_size, results, 
         offset += len(input_ids)
         progress.update(len(input_ids))
     return offset
+
+
+# The names scripts reading the per-round files knew them by, before the checkpoint's own files moved to
+# `checkpointing.save_selection` / `load_selection`.
+save_pseudo_labels = write_pseudo_label_table
+load_pseudo_labels = read_pseudo_label_table

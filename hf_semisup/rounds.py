@@ -71,6 +71,7 @@ class RoundHost(Protocol):
 
     def labeling_model(self): ...
     def start_student(self, round_: int): ...
+    # Trains the round; adds each optimizer step's loss to its run state's `loss_sum` (unless that is `None`).
     def fit_round(self, round_: int, train_set, checkpoint: str | None, **train_kwargs) -> TrainOutput: ...
     def evaluate_round(self, ignore_keys=None) -> dict: ...
     def copy_weights(self): ...
@@ -169,6 +170,7 @@ class RoundLoop:
         run.phase = "labeling"
         labeling = self.labeling_context(round_)
         predictions = teacher_for_round(args.first_teacher, round_).label(labeling)
+        check_teacher_output(predictions, labeling.pool, labeling.top_k, round_)
         run.phase = "selecting"
         selection = labeling.select(predictions)
         if args.save_pseudo_labels and args.should_save:
@@ -345,6 +347,11 @@ class RoundLoop:
         if found is None:
             return None
         directory, saved, plain = found
+        if saved.phase != "done" and saved.round > args.self_training_rounds:
+            raise ValueError(
+                f"Cannot resume from {directory}: it stopped in round {saved.round}, but this run has "
+                f"`self_training_rounds`={args.self_training_rounds}. Resume with the interrupted run's settings."
+            )
         run.restore(saved)
         run.seed = args.seed  # what the states this run saves say
         if plain:  # a Trainer checkpoint of plain fine-tuning: nothing of ours to restore
@@ -374,6 +381,17 @@ class RoundLoop:
         if load_state(directory) is None:
             raise ValueError(f"Cannot resume: the model of the end of round {round_} ({directory}) is missing.")
         self.host.load_round_model(directory)
+
+
+def check_teacher_output(predictions, pool, top_k: int, round_: int):
+    """A teacher's pass covers the pool, row for row, with the classes per row it was asked for."""
+    rows = len(pool) if hasattr(pool, "__len__") else None
+    if rows is not None and len(predictions) != rows:
+        raise ValueError(f"Round {round_}'s teacher labeled {len(predictions)} rows of a pool of {rows}.")
+    if predictions.num_classes_kept < top_k:
+        raise ValueError(
+            f"Round {round_}'s teacher kept {predictions.num_classes_kept} classes per row; the round needs {top_k}."
+        )
 
 
 def round_metric(record: dict, key: str) -> float:

@@ -151,19 +151,33 @@ def select(
     num_labels: int,
     class_prior: np.ndarray | None = None,
     round_: int = 1,
+    probabilities: np.ndarray | None = None,
     **settings,
 ) -> Selection:
     """
-    [`apply_rule`] on bare `(labels, confidences)` arrays; `settings` are the rules' config fields
-    (`confidence_threshold`, `max_pseudo_labels`, `pseudo_label_fraction`, ...), the others at their defaults.
+    [`apply_rule`] on bare arrays: `(labels, confidences)` and, for a rule that reads every class's probability
+    (`"entropy"`), `probabilities` `(rows, num_labels)`; `settings` are the rules' config fields
+    (`confidence_threshold`, `max_pseudo_labels`, `pseudo_label_fraction`, `entropy_threshold`), the others at their
+    defaults.
     """
-    from .config import SemiSupervisedConfig  # the config imports this module for its choices
+    from .config import SemiSupervisedConfig  # these import this module: read them when called
+    from .pseudo_labeling import PseudoLabels
 
+    if strategy not in SELECTION_RULES:
+        raise ValueError(f"`selection_strategy` must be one of {tuple(SELECTION_RULES)}, got {strategy!r}.")
     fields = {f.name: f.default for f in dataclasses.fields(SemiSupervisedConfig)}
-    defaults = {name: fields[name] for name in ("confidence_threshold", "max_pseudo_labels", "pseudo_label_fraction")}
-    defaults["entropy_threshold"] = fields["entropy_threshold"]
-    config = SimpleNamespace(**{**defaults, **settings})
-    predictions = SimpleNamespace(labels=np.asarray(labels), confidences=np.asarray(confidences))
+    names = ("confidence_threshold", "max_pseudo_labels", "pseudo_label_fraction", "entropy_threshold")
+    unknown = sorted(set(settings) - set(names))
+    if unknown:
+        raise TypeError(f"select() got settings that no rule reads: {unknown}; the settings are {list(names)}.")
+    config = SimpleNamespace(**{**{name: fields[name] for name in names}, **settings})
+    labels, confidences = np.asarray(labels), np.asarray(confidences)
+    if probabilities is not None:
+        predictions = PseudoLabels.from_probabilities(labels, confidences, np.asarray(probabilities))
+    elif SELECTION_RULES[strategy].needs_distribution:
+        raise ValueError(f"`selection_strategy`={strategy!r} reads every class's probability: pass `probabilities`.")
+    else:
+        predictions = SimpleNamespace(labels=labels, confidences=confidences)
     context = SelectionContext(num_labels=num_labels, round=round_, class_prior=class_prior, config=config)
     return apply_rule(strategy, predictions, context)
 

@@ -154,4 +154,8 @@ def teacher_for_round(first_teacher: str, round_: int) -> Teacher:
 
 def needs_initial_weights(first_teacher: str) -> bool:
     """Whether round 1's teacher starts from the initial weights (later rounds' teacher is the model)."""
-    return first_teacher in TEACHERS and TEACHERS[first_teacher]().needs_initial_weights
+    if first_teacher not in TEACHERS:
+        return False
+    factory = TEACHERS[first_teacher]
+    flag = getattr(factory, "needs_initial_weights", None)  # a class says it without being built
+    return bool(flag if flag is not None else getattr(factory(), "needs_initial_weights", False))

@@ -259,7 +259,13 @@ class SemiSupervisedTrainer(Trainer):
 
     @property
     def current_round(self) -> int:
+        """The round the run is in (or ended in)."""
         return self.run_state.round
+
+    @property
+    def self_training_phase(self) -> str:
+        """What the current round does next: `"labeling"`, `"selecting"`, `"fitting"` or `"done"`."""
+        return self.run_state.phase
 
     # ---- Raw-text evaluation and prediction -------------------------------------------------------------------------
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
@@ -361,6 +367,7 @@ class SemiSupervisedTrainer(Trainer):
         )
         if self.args.should_save:
             write_json_atomic(os.path.join(self.args.output_dir, HISTORY_NAME), run.history)
+        self.round_event("on_rounds_end", run=run)  # the run ends here: the card's facts follow
         raise NonFiniteError(message)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

@@ -103,6 +103,12 @@ def check_constraints(config, constraints: dict[str, list]):
         raise ValueError(f"`{name}` must be {described}, got {value!r}.")
 
 
+def _needs_distribution(strategy: str) -> bool:
+    from .selection import SELECTION_RULES
+
+    return SELECTION_RULES[strategy].needs_distribution
+
+
 def check_run(args, *, model_config, unlabeled_dataset, eval_dataset, compute_loss_func, compute_metrics) -> None:
     """
     The rules that involve the model (its `config`, `None` for a plain `torch.nn.Module`), the datasets or the trainer's
@@ -147,7 +153,7 @@ def check_run(args, *, model_config, unlabeled_dataset, eval_dataset, compute_lo
     for name, needs_classes in (
         ("consistency_weight", weight > 0),
         ("soft_pseudo_labels", args.soft_pseudo_labels),
-        ("selection_strategy", args.self_training_rounds > 0 and args.selection_strategy == "entropy"),
+        ("selection_strategy", args.self_training_rounds > 0 and _needs_distribution(args.selection_strategy)),
     ):
         if needs_classes and num_labels < 2:
             shown = " > 0" if name == "consistency_weight" else f"={getattr(args, name)!r}"

@@ -63,6 +63,11 @@ def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path, tokenizer):
     for path in glob.glob(str(tmp_path / "**" / "model.safetensors"), recursive=True):
         assert all(torch.isfinite(t).all() for t in safetensors.torch.load_file(path).values()), path
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    # The model card says the same as the history: round 1 stopped.
+    trainer.save_model(str(tmp_path / "after"))
+    card = (tmp_path / "after" / "README.md").read_text()
+    table = card.split("## Self-training rounds")[1].split("\n\n")[1]
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["0", "1"]
 
 
 class PoisonWeights(TrainerCallback):

@@ -364,3 +364,18 @@ def test_the_card_of_a_local_base_names_it_and_fills_base_model_for_a_hub_copy(t
     card.save(str(path))
     loaded = ModelCard.load(str(path))
     assert loaded.data.to_dict() == card.data.to_dict()
+
+
+def test_a_round_end_card_has_the_rounds_so_far(tmp_path, tokenizer):
+    args = tiny_config(tmp_path, self_training_rounds=1, max_steps=2, save_strategy="steps", save_steps=100)
+    trainer = SemiSupervisedTrainer(
+        make_model(),
+        args,
+        train_dataset=toy_dataset(16),
+        processing_class=tokenizer,
+        unlabeled_dataset=toy_dataset(8, 2),
+    )
+    trainer.train()
+    card = (tmp_path / "round-1" / "round-end" / "README.md").read_text()
+    table = card.split("## Self-training rounds")[1].split("\n\n")[1]
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["0", "1"]

@@ -42,6 +42,7 @@ class Host:
         self.checkpointed_rngs = {}
         self.eval_metrics, self.crash_in_round = eval_metrics or {}, crash_in_round
         self.weights, self.calls, self.events = "initial", [], []
+        self.run = RunState()
 
     def labeling_model(self):
         return self.weights
@@ -54,7 +55,10 @@ class Host:
             raise KeyboardInterrupt
         self.calls.append(("fit", round_, len(train_set), checkpoint))
         self.weights = f"round {round_}"
-        return TrainOutput(global_step=round_ + 2, training_loss=0.5, metrics={"train_loss": 0.5})
+        steps = round_ + 2
+        if self.run.loss_sum is not None:
+            self.run.loss_sum += 0.25 * steps  # a loss of 0.25 a step, as `training_step` adds it up
+        return TrainOutput(global_step=steps, training_loss=0.5, metrics={"train_loss": 0.5})
 
     def evaluate_round(self, ignore_keys=None):
         return {"eval_accuracy": self.eval_metrics[self.weights]} if self.eval_metrics else {}
@@ -111,6 +115,13 @@ def stubs():
         mock.patch.dict(SELECTION_RULES, {"stub": SelectionRule(first_rows)}),
     ):
         yield
+
+
+def train(host, resume=None):
+    """The loop over a fresh run state, as the trainer runs it."""
+    host.run = RunState()
+    RoundLoop(host, host.run).train(resume_from_checkpoint=resume)
+    return host.run
 
 
 def config(tmp_path, **kwargs):
@@ -211,3 +222,41 @@ def test_an_unknown_rule_or_teacher_is_named(tmp_path):
         config(tmp_path, selection_strategy="nope")
     with pytest.raises(ValueError, match="`first_teacher` must be one of .*'stub'.* got 'nope'"):
         config(tmp_path, first_teacher="nope")
+
+
+def test_the_round_loss_is_the_mean_of_its_steps(tmp_path):
+    run = train(Host(config(tmp_path)))
+    assert [r["train_loss"] for r in run.history] == [0.25, 0.25, 0.25]  # not the Trainer's own 0.5
+
+
+def test_a_resume_past_the_runs_rounds_is_an_error_not_an_endless_loop(tmp_path):
+    args = config(tmp_path, save_strategy="steps", self_training_rounds=3)
+    with pytest.raises(KeyboardInterrupt):
+        train(Host(args, crash_in_round=2))
+    fewer = config(tmp_path, save_strategy="steps", self_training_rounds=1)
+    with pytest.raises(ValueError, match=r"stopped in round 2, but this run has `self_training_rounds`=1"):
+        train(Host(fewer), resume=True)
+
+
+def test_a_resumed_run_keeps_the_best_round_and_can_still_roll_back(tmp_path):
+    best = dict(load_best_model_at_end=True, metric_for_best_model="accuracy", eval_strategy="epoch")
+    metrics = {"round 0": 0.6, "round 1": 0.9, "round 2": 0.7, "round 3": 0.8}
+    args = config(tmp_path / "a", save_strategy="epoch", self_training_rounds=3, **best)
+    uninterrupted = train(Host(args, metrics))
+    with pytest.raises(KeyboardInterrupt):
+        train(Host(args, metrics, crash_in_round=3))
+    host = Host(args, metrics)
+    resumed = train(host, resume=True)
+    assert resumed.history == uninterrupted.history and resumed.best_round == 1
+    assert host.weights == "round 1"  # the best round's model, restored from its round-end save on resume
+
+    # With rollback: round 2 is worse than round 1, the run goes back to round 1's model and stops; after a resume
+    # in round 2, the model to go back to is restored from round 1's round-end save.
+    args = config(tmp_path / "b", save_strategy="epoch", rollback_on_worse_eval=True, metric_for_best_model="accuracy")
+    uninterrupted = train(Host(args, metrics))
+    with pytest.raises(KeyboardInterrupt):
+        train(Host(args, metrics, crash_in_round=2))
+    host = Host(args, metrics)
+    resumed = train(host, resume=True)
+    assert resumed.history == uninterrupted.history and resumed.history[2]["rolled_back_to_round"] == 1
+    assert host.weights == "round 1" and resumed.model_round == 1

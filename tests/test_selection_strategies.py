@@ -518,3 +518,22 @@ def test_entropy_needs_two_classes(tmp_path, tokenizer):
             processing_class=tokenizer,
             unlabeled_dataset=toy_dataset(8, seed=1),
         )
+
+
+def test_entropy_rule_ranks_by_entropy_and_keeps_its_threshold():
+    # Row 1 is the more confident (0.62) but spreads its doubt: with room for one row, the rule keeps row 0.
+    rows = [[0.6, 0.4, 0.0], [0.62, 0.19, 0.19]]
+    assert normalized_entropy(rows)[0] < normalized_entropy(rows)[1]
+    one = entropy_context(3, entropy_threshold=1.0, max_pseudo_labels=1)()
+    assert apply_rule("entropy", passes(rows), one).selected.tolist() == [0]
+    # At the threshold itself a row is kept ("at most").
+    at = float(normalized_entropy([rows[0]])[0])
+    assert apply_rule("entropy", passes(rows), entropy_context(3, entropy_threshold=at)()).selected.tolist() == [0]
+
+
+def test_entropy_with_the_prototype_teacher(tmp_path, tokenizer):
+    # The prototypes' refinement pass is selected on too: it must keep every class's probability for the rule.
+    config = dict(first_teacher="embeddings", selection_strategy="entropy", entropy_threshold=1.0)
+    trainer = soft_trainer(tmp_path, tokenizer, soft_pseudo_labels=False, **config)
+    trainer.train()
+    assert trainer.self_training_history[1]["num_pseudo_labels"] > 0
