@@ -1,8 +1,12 @@
 """Workarounds for what `transformers` does not let a subclass configure; each names the version it was written for."""
 
 import contextlib
+import logging
 
 import transformers.trainer as trainer_module
+
+
+logger = logging.getLogger(__name__)
 
 
 class _UploadIgnoring:
@@ -36,3 +40,40 @@ def upload_ignoring(patterns: list[str]):
         yield
     finally:
         trainer_module.hf_api = original
+
+
+def guard_hub_kernels(model, use_hub_kernels: bool | None, offline: bool):
+    """
+    transformers 5 loads a model with Hub kernels (`use_kernels`) when the `kernels` package is installed, and
+    kernelizes it at each `train()` / `eval()`: on CUDA that fetches kernels from the Hub, and offline, or with the Hub
+    out of reach, it raises there, in the middle of a run. Decide here, before training: with `use_hub_kernels=None`,
+    keep them when they can be had (not `offline`, and the kernelization of both modes succeeds now), else use the torch
+    layers, with a warning; `True` requires them (a failure is an error now); `False` never uses them.
+    """
+    from .adapters import is_peft_model
+
+    base = model.get_base_model() if is_peft_model(model) else model
+    if not getattr(base, "use_kernels", False):
+        return
+    if use_hub_kernels is False or (use_hub_kernels is None and offline):
+        logger.info("Hub kernels are off (`use_hub_kernels`, or offline): the model runs its torch layers.")
+        base.use_kernels = False
+        return
+    was_training = base.training
+    try:
+        base.train()
+        base.eval()
+    except Exception as error:  # the kernels library raises ValueError, OSError or httpx errors when a fetch fails
+        if use_hub_kernels:
+            raise ValueError(
+                f"`use_hub_kernels`=True, but the model's Hub kernels could not be had: {type(error).__name__}: "
+                f"{next(iter(str(error).splitlines()), '')}"
+            ) from error
+        logger.warning(
+            f"The model's Hub kernels could not be had ({type(error).__name__}: "
+            f"{next(iter(str(error).splitlines()), '')}): it runs its torch layers (`use_hub_kernels=True` would "
+            "make this an error)."
+        )
+        base.use_kernels = False
+    finally:
+        base.train(was_training)

@@ -195,6 +195,11 @@ class SemiSupervisedConfig(TrainingArguments):
             path, e.g. `{"revision": "v1.0", "dtype": "bfloat16"}` (JSON on the command line). Those that locate the
             files (`revision`, `subfolder`, `trust_remote_code`, `cache_dir`, `token`, `local_files_only`) also load
             the tokenizer and config. `num_labels`, `id2label` and `label2id` come from the labeled set.
+        use_hub_kernels (`bool` or `None`, *optional*, defaults to `None`):
+            transformers 5 loads models with Hub kernels when the `kernels` package is installed, and fetches them at
+            the first `train()` / `eval()` on CUDA, which fails offline in the middle of a run. `None` uses them only
+            when they can be had (not offline, and the kernelization succeeds when the trainer is built; else the torch
+            layers, with a warning), `True` requires them (an error when the trainer is built), `False` never.
         save_merged_model (`bool`, *optional*, defaults to `False`):
             With a PEFT student, `save_model` and `push_to_hub` write the model with the adapter merged into the base
             weights instead of the adapter; checkpoints always hold the adapter, so training resumes from them.
@@ -231,6 +236,7 @@ class SemiSupervisedConfig(TrainingArguments):
         "pseudo_label_top_k": [Integer(0)],
         "collapse_alarm_margin": [None, Real(0, 1)],
         "max_length": [None, Integer(2)],
+        "use_hub_kernels": [None, Boolean()],
     }
 
     # Self-training
@@ -446,6 +452,14 @@ class SemiSupervisedConfig(TrainingArguments):
         metadata={
             "help": "With a PEFT student, save and push the model with the adapter merged into the base weights "
             "instead of the adapter. Checkpoints always hold the adapter."
+        },
+    )
+    use_hub_kernels: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Hub kernels (the `kernels` package) for the layers that have them, which transformers 5 uses "
+            "by default: none (unset) uses them when they can be had (not offline, and fetched without error when "
+            "the trainer is built), true requires them, false never uses them."
         },
     )
     # Set by a trainer that chose `consistency_weight` itself (it was `None`): a trainer built later with this config

@@ -8,6 +8,7 @@ import os
 
 import datasets
 import numpy as np
+import transformers
 from transformers import AutoConfig, PreTrainedModel, set_seed
 
 from .adapters import is_peft_model
@@ -19,6 +20,7 @@ from .data import (
     prepare_stream,
     warn_on_unknown_tokens,
 )
+from .metrics import is_offline
 from .modeling import file_location_kwargs, head_label_kwargs, load_classifier
 from .outputs import cache_dir
 
@@ -119,7 +121,11 @@ def load_model(name: str, args: SemiSupervisedConfig, train_dataset) -> PreTrain
     set_seed(args.seed)  # the new classification head must not depend on the caller's RNG state
     config = AutoConfig.from_pretrained(name, **file_location_kwargs(args.model_init_kwargs))
     label_kwargs = head_label_kwargs(config, train_dataset, args.label_column)
-    return load_classifier(name, dict(args.model_init_kwargs or {}), **label_kwargs)
+    init_kwargs = dict(args.model_init_kwargs or {})
+    hub_kernels_by_default = int(transformers.__version__.split(".")[0]) >= 5
+    if hub_kernels_by_default and (args.use_hub_kernels is False or (args.use_hub_kernels is None and is_offline())):
+        init_kwargs.setdefault("use_kernels", False)  # loading onto CUDA kernelizes already: no fetch offline
+    return load_classifier(name, init_kwargs, **label_kwargs)
 
 
 @dataclasses.dataclass

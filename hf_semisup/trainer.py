@@ -18,7 +18,7 @@ from .adapters import prepare_peft_model
 from .augment import build_augmentation
 from .callbacks import ModelCardCallback, RoundLogCallback, call_round_event
 from .checkpointing import deterministic_metrics, saving_state, write_json_atomic
-from .compat import upload_ignoring
+from .compat import guard_hub_kernels, upload_ignoring
 from .config import SemiSupervisedConfig
 from .consistency import CONSISTENCY_KEY, ConsistencyRegularizer
 from .data import (
@@ -40,7 +40,7 @@ from .inputs import (
     prepare_to_label,
     resolve_args,
 )
-from .metrics import compute_classification_metrics
+from .metrics import compute_classification_metrics, is_offline
 from .model_card import ModelCardFacts, write_model_card
 from .modeling import align_label_names, check_local_path, file_location_kwargs
 from .outputs import HISTORY_NAME, HUB_IGNORE_PATTERNS, TRAINER_STATE_NAME
@@ -219,6 +219,7 @@ class SemiSupervisedTrainer(Trainer):
         # doubles the logged loss and changes gradient clipping at 2 processes.
         if compute_loss_func is None and is_sequence_classifier(self.model):
             self.model_accepts_loss_kwargs = False
+        guard_hub_kernels(self.model, args.use_hub_kernels, offline=is_offline())
 
         # Consistency
         self.consistency = None
