@@ -57,6 +57,9 @@ class PrototypeClassifier(nn.Module):
         super().__init__()
         self.model = model
         self.register_buffer("prototypes", prototypes)
+        # In the encoder's mode: a labeling pass puts the wrapper back in the mode it found, which must be the encoder's
+        # (a new module is in training mode, and would leave the encoder's dropout on).
+        self.training = model.training
 
     def forward(self, **inputs) -> SequenceClassifierOutput:
         embeddings = mean_pooled_embeddings(self.model, inputs)
@@ -102,7 +105,7 @@ def class_prototypes(
     model.eval()
     try:
         sums, counts = _class_sums(model, sources, collator, accelerator, batch_size, num_labels, disable_tqdm)
-        names = _embed(model, collator, name_features, accelerator) if name_features else None
+        names = _embed(model, _collate(collator, name_features, accelerator), accelerator) if name_features else None
     finally:
         model.train(was_training)
     if sums is None:  # a process with no rows still takes part in the reduction
@@ -143,8 +146,8 @@ def _class_sums(model, sources, collator, accelerator, batch_size, num_labels, d
     )
     with progress:
         for dataset, labels in sources:
-            for batch_rows, features in _batches(dataset, labels, accelerator, batch_size, progress):
-                embeddings = _embed(model, collator, features, accelerator).float()
+            for batch_rows, inputs in _batches(dataset, labels, collator, accelerator, batch_size, progress):
+                embeddings = _embed(model, inputs, accelerator).float()
                 if sums is None:
                     sums = torch.zeros(num_labels, embeddings.shape[-1], device=accelerator.device)
                 batch_labels = torch.as_tensor(labels[batch_rows], device=accelerator.device)
@@ -153,16 +156,16 @@ def _class_sums(model, sources, collator, accelerator, batch_size, num_labels, d
     return sums, counts
 
 
-def _batches(dataset, labels: np.ndarray, accelerator, batch_size: int, progress):
+def _batches(dataset, labels: np.ndarray, collator, accelerator, batch_size: int, progress):
     """
     This process's share of the rows of a `Dataset` or a streamed pool whose entry in `labels` is a class, as
-    `(row indices, features)` batches.
+    `(row indices, model inputs on the device)` batches.
     """
     if not isinstance(dataset, datasets.IterableDataset):
         rows = np.flatnonzero(labels >= 0)
         subset = dataset if len(rows) == len(dataset) else dataset.select(rows)
-        for batch_rows, features in shard_batches(subset, accelerator, batch_size, progress):
-            yield rows[batch_rows], features
+        for batch_rows, inputs in shard_batches(subset, collator, accelerator, batch_size, progress):
+            yield rows[batch_rows], inputs
         return
     # A stream is read once, in chunks every process reads alike; each keeps its turn of the chosen rows.
     rank, world_size, offset = accelerator.process_index, accelerator.num_processes, 0
@@ -172,13 +175,16 @@ def _batches(dataset, labels: np.ndarray, accelerator, batch_size: int, progress
         mine = chosen[rank::world_size]
         for start in range(0, len(mine), batch_size):
             batch = mine[start : start + batch_size]
-            yield offset + batch, [{k: chunk[k][i] for k in keys} for i in batch]
+            yield offset + batch, _collate(collator, [{k: chunk[k][i] for k in keys} for i in batch], accelerator)
         progress.update(len(chosen))
         offset += len(chunk["input_ids"])
 
 
-def _embed(model, collator, features: list[dict], accelerator) -> torch.Tensor:
-    inputs = {k: v.to(accelerator.device) for k, v in collator(features).items() if k in MODEL_INPUT_COLUMNS}
+def _collate(collator, features: list[dict], accelerator) -> dict:
+    return {k: v.to(accelerator.device) for k, v in collator(features).items() if k in MODEL_INPUT_COLUMNS}
+
+
+def _embed(model, inputs: dict, accelerator) -> torch.Tensor:
     with accelerator.autocast():
         return mean_pooled_embeddings(model, inputs)
 

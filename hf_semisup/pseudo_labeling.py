@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
+from .batching import ahead, collated
 from .data import LENGTH_COLUMN, MODEL_INPUT_COLUMNS
 from .selection import select_pseudo_labels  # noqa: F401  (its home before selection.py)
 
@@ -185,41 +186,52 @@ MERGE_EVERY_BATCHES = 64
 
 
 class _ShardResults:
-    """What one process predicts for its rows, kept on the CPU as a few numpy arrays until the single gather."""
+    """
+    What one process predicts for its rows: kept on the device, copied to the CPU every [`MERGE_EVERY_BATCHES`]
+    batches (one synchronization for that many batches, not one per batch), as a few numpy arrays until the single
+    gather.
+    """
 
     def __init__(self, accelerator, top_k: int):
         self.accelerator, self.top_k = accelerator, top_k
-        names = ["index", "label", "confidence"] + (["top_k_labels", "top_k_probabilities"] if top_k else [])
-        self.merged: dict[str, list[np.ndarray]] = {name: [] for name in names}
-        self.pending: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        names = ["label", "confidence"] + (["top_k_labels", "top_k_probabilities"] if top_k else [])
+        self.merged: dict[str, list[np.ndarray]] = {name: [] for name in ["index", *names]}
+        self.on_device: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+        self.rows: list[np.ndarray] = []
 
-    def _add(self, values: dict[str, np.ndarray]):
-        for name, array in values.items():
-            self.pending[name].append(array)
-            if len(self.pending[name]) >= MERGE_EVERY_BATCHES:
-                self.merged[name].append(np.concatenate(self.pending[name]))
-                self.pending[name] = []
+    def _flush(self):
+        if not self.rows:
+            return
+        self.merged["index"].append(np.concatenate(self.rows))
+        for name, tensors in self.on_device.items():
+            self.merged[name].append(torch.cat(tensors).cpu().numpy())
+            tensors.clear()
+        self.rows = []
 
-    def predict(self, model, collator, features: list[dict], rows: np.ndarray):
-        device = self.accelerator.device
-        inputs = {k: v.to(device) for k, v in collator(features).items() if k in MODEL_INPUT_COLUMNS}
+    def predict(self, model, inputs: dict, rows: np.ndarray):
+        """One batch of `inputs` (on the device) for the pool rows `rows`."""
         with self.accelerator.autocast():
             logits = model(**inputs).logits
         probabilities = torch.softmax(logits.float(), dim=-1)
         confidence, label = probabilities.max(dim=-1)
-        values = {"index": np.asarray(rows, dtype=np.int64), "label": label, "confidence": confidence}
+        values = {"label": label, "confidence": confidence}
         if self.top_k:
             top = probabilities.topk(self.top_k, dim=-1)
             values.update(top_k_labels=top.indices, top_k_probabilities=top.values)
-        self._add({k: v if isinstance(v, np.ndarray) else v.detach().cpu().numpy() for k, v in values.items()})
+        for name, tensor in values.items():
+            self.on_device[name].append(tensor.detach())
+        self.rows.append(np.asarray(rows, dtype=np.int64))
+        if len(self.rows) >= MERGE_EVERY_BATCHES:
+            self._flush()
 
     def gather(self, num_rows: int) -> PseudoLabels:
         """Gather every process's rows and put them in pool order; each row must come back exactly once."""
         accelerator = self.accelerator
+        self._flush()
         # Each array is released as soon as it is copied on: a pass holds about two copies of its results at most.
         local = {}
         for name in list(self.merged):
-            parts = self.merged.pop(name) + self.pending.pop(name)
+            parts = self.merged.pop(name)
             empty_shape = (0, self.top_k) if name.startswith("top_k") else (0,)
             dtype = np.float32 if name.endswith(("confidence", "probabilities")) else np.int64
             local[name] = np.concatenate(parts) if parts else np.zeros(empty_shape, dtype=dtype)
@@ -314,24 +326,23 @@ def predict_pool(
     return results.gather(num_rows)
 
 
-def shard_batches(dataset: datasets.Dataset, accelerator, batch_size: int, progress=None):
+def shard_batches(dataset: datasets.Dataset, collator, accelerator, batch_size: int, progress=None):
     """
-    This process's rows of `dataset` ([`length_sorted_shard`]) in batches: yields `(row indices, features)`, the
-    features holding only the model inputs, and advances `progress` by the rows all processes handle per batch.
+    This process's rows of `dataset` ([`length_sorted_shard`]) in batches: yields `(row indices, model inputs on the
+    device)`, made ahead of the consumer (see `batching.py`), and advances `progress` by the rows all processes handle
+    per batch.
     """
     rows = length_sorted_shard(row_lengths(dataset), accelerator.process_index, accelerator.num_processes)
-    inputs = dataset.select_columns([c for c in dataset.column_names if c in MODEL_INPUT_COLUMNS])
-    for start in range(0, len(rows), batch_size):
-        batch_rows = rows[start : start + batch_size]
-        batch = inputs[batch_rows]
-        yield batch_rows, [{k: values[i] for k, values in batch.items()} for i in range(len(batch_rows))]
+    batches = ahead(collated(dataset, rows, batch_size, collator), accelerator.device)
+    for batch_rows, inputs in batches:
+        yield batch_rows, inputs
         if progress is not None:
             progress.update(min(len(batch_rows) * accelerator.num_processes, progress.total - progress.n))
 
 
 def _predict_dataset(model, dataset, collator, accelerator, batch_size, results, progress) -> int:
-    for batch_rows, features in shard_batches(dataset, accelerator, batch_size, progress):
-        results.predict(model, collator, features, batch_rows)
+    for batch_rows, inputs in shard_batches(dataset, collator, accelerator, batch_size, progress):
+        results.predict(model, inputs, batch_rows)
     return len(dataset)
 
 
@@ -346,7 +357,8 @@ def _predict_stream(model, dataset, collator, accelerator, batch_size, results, 
         for start in range(0, len(mine), batch_size):
             batch_rows = mine[start : start + batch_size]
             features = [{k: chunk[k][i] for k in keys} for i in batch_rows]
-            results.predict(model, collator, features, offset + batch_rows)
+            inputs = {k: v.to(accelerator.device) for k, v in collator(features).items() if k in MODEL_INPUT_COLUMNS}
+            results.predict(model, inputs, offset + batch_rows)
         offset += len(input_ids)
         progress.update(len(input_ids))
     return offset

@@ -319,3 +319,20 @@ def test_peft_student_is_labeled_by_the_base_encoders_prototypes(tmp_path, token
     # A fresh LoRA adapter adds zero: the prototypes are the base encoder's, whatever round 0 trained.
     table = pq.read_table(tmp_path / "pseudo_labels" / "round-1.parquet").to_pydict()
     np.testing.assert_array_equal(table["label"], expected_prototype_labels(initial, tokenizer, labeled, pool))
+
+
+def test_a_prototype_pass_leaves_the_encoder_in_its_mode(tmp_path, tokenizer):
+    from hf_semisup.pseudo_labeling import predict_pool
+
+    trainer = SemiSupervisedTrainer(
+        make_model(), tiny_config(tmp_path, self_training_rounds=1), train_dataset=toy_dataset(8),
+        processing_class=tokenizer, unlabeled_dataset=toy_dataset(8, seed=1),
+    )  # fmt: skip
+    prototypes = torch.nn.functional.normalize(torch.randn(2, 32), dim=-1)
+    for mode in (False, True):
+        trainer.model.train(mode)
+        wrapper = PrototypeClassifier(trainer.model, prototypes)
+        predict_pool(
+            wrapper, trainer.unlabeled_dataset, trainer.data_collator, trainer.accelerator, 4, disable_tqdm=True
+        )
+        assert trainer.model.training is mode  # a new wrapper once left its encoder's dropout on

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import make_model, tiny_config, toy_dataset
+from conftest import make_model, make_tokenizer, tiny_config, toy_dataset
 
 from hf_semisup import SemiSupervisedConfig, SemiSupervisedTrainer
 from hf_semisup.pseudo_labeling import (
@@ -197,7 +197,7 @@ def test_gather_refuses_a_pool_it_did_not_cover(tmp_path, tokenizer):
     results = _ShardResults(trainer.accelerator, top_k=0)
     features = [dict(tokenizer("good film")), dict(tokenizer("bad film"))]
     with torch.inference_mode():
-        results.predict(trainer.model.eval(), trainer.data_collator, features, np.array([0, 0]))
+        results.predict(trainer.model.eval(), trainer.data_collator(features), np.array([0, 0]))
     with pytest.raises(RuntimeError, match="2 rows \\(1 distinct\\) for a pool of 2"):
         results.gather(2)
 
@@ -218,3 +218,85 @@ def test_stream_without_text_column_names_it(tmp_path, tokenizer):
     stream = datasets.IterableDataset.from_generator(lambda: iter([{"body": "good film"}]))
     with pytest.raises(ValueError, match="no column 'text'"):
         list(trainer.pseudo_label(stream))
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize("multiple_of", [None, 8])
+@pytest.mark.parametrize("columns", [("input_ids", "attention_mask", "token_type_ids"), ("input_ids",)])
+def test_batches_padded_from_arrow_are_the_collators(tmp_path, padding_side, multiple_of, columns):
+    from transformers import DataCollatorWithPadding
+
+    from hf_semisup.batching import ArrowPadder, collated
+
+    tokenizer = make_tokenizer(str(tmp_path))
+    tokenizer.padding_side = padding_side
+    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple_of)
+    rows = toy_dataset(37, seed=4).map(lambda b: tokenizer(b["text"]), batched=True, remove_columns=["text", "label"])
+    rows = rows.select_columns(list(columns)).shuffle(seed=0)  # an indices mapping over the Arrow table, as a pool has
+    assert ArrowPadder.for_collator(collator) is not None
+    order = np.random.default_rng(0).permutation(len(rows))
+    for batch_rows, tensors in collated(rows, order, 8, collator):
+        expected = collator([rows[int(i)] for i in batch_rows])
+        assert sorted(tensors) == sorted(expected)
+        for name, value in expected.items():
+            assert tensors[name].dtype == value.dtype and torch.equal(tensors[name], value), name
+
+
+def test_a_collator_of_another_kind_is_called_as_it_is(tmp_path, tokenizer):
+    from transformers import DataCollatorWithPadding
+
+    from hf_semisup.batching import ArrowPadder, collated
+
+    calls = []
+
+    def collator(features):
+        calls.append(len(features))
+        return DataCollatorWithPadding(tokenizer)(features)
+
+    rows = toy_dataset(10).map(lambda b: tokenizer(b["text"]), batched=True, remove_columns=["text", "label"])
+    assert ArrowPadder.for_collator(collator) is None
+    batches = list(collated(rows, np.arange(10), 4, collator))
+    assert calls == [4, 4, 2] and [len(rows_) for rows_, _ in batches] == [4, 4, 2]
+
+
+@pytest.mark.parametrize("threaded", [True, None])
+def test_batches_made_ahead_come_in_order_and_errors_reach_the_consumer(threaded):
+    from hf_semisup.batching import ahead
+
+    items = [(np.array([i]), {"x": torch.tensor([i])}) for i in range(20)]
+    got = list(ahead(iter(items), torch.device("cpu"), depth=2, threaded=threaded))
+    assert [int(rows[0]) for rows, _ in got] == list(range(20))
+
+    def failing():
+        yield items[0]
+        raise RuntimeError("a bad batch")
+
+    with pytest.raises(RuntimeError, match="a bad batch"):
+        list(ahead(failing(), torch.device("cpu"), threaded=threaded))
+    # A consumer that stops early leaves no thread behind.
+    import threading
+
+    before = threading.active_count()
+    for _ in ahead(iter(items), torch.device("cpu"), depth=2, threaded=threaded):
+        break
+    assert threading.active_count() == before
+
+
+def test_rows_taken_from_arrow_are_the_datasets_rows(tmp_path):
+    import datasets
+
+    from hf_semisup.compat import take_rows
+
+    base = datasets.Dataset.from_dict({"input_ids": [[i] * (i % 5 + 1) for i in range(30)], "text": ["x"] * 30})
+    base.save_to_disk(str(tmp_path / "pool"))
+    kinds = {
+        "in memory": base,
+        "memory-mapped": datasets.load_from_disk(str(tmp_path / "pool")),
+        "shuffled": base.shuffle(seed=1),
+        "concatenated, then selected": datasets.concatenate_datasets([base, base]).select(range(55, 3, -2)),
+    }
+    for kind, dataset in kinds.items():
+        rows = np.random.default_rng(0).permutation(len(dataset))[:17]
+        taken = take_rows(dataset, ["input_ids"], rows)
+        assert taken.column_names == ["input_ids"], kind
+        assert taken.to_pylist() == [{"input_ids": dataset[int(i)]["input_ids"]} for i in rows], kind
