@@ -79,6 +79,7 @@ SYSTEMS = {
     "consistency": ("semisup", {"self_training_rounds": 0, "consistency": True}),
     "both": ("semisup", {"consistency": True}),
     "defaults": ("semisup", {}),
+    "pool-prior": ("semisup", {"class_balance_prior": "pool"}),
     "ceiling": ("ceiling", {}),
     "adaptive": ("semisup", {"consistency_weight": 0.0, "selection_strategy": "adaptive"}),
     "topk": ("semisup", {"consistency_weight": 0.0, "selection_strategy": "topk"}),

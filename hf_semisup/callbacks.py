@@ -19,7 +19,7 @@ ROUND_EVENTS = ("on_rounds_begin", "on_round_begin", "on_round_end", "on_rounds_
 
 # Keys of a round's record logged through `Trainer.log` (TensorBoard, W&B, ...) under another name, beside
 # `self_training_round`, `num_pseudo_labels`, `pseudo_label_threshold`, `pseudo_label_accuracy`,
-# `pseudo_label_collapse_alarm` and `pseudo_labels_<class>`.
+# `pseudo_label_collapse_alarm`, `pseudo_labels_<class>` and (`class_balance_prior="pool"`) `pool_class_prior_<class>`.
 LOGGED_AS = {
     "num_confident": "pseudo_label_num_confident",
     "mean_confidence": "pseudo_label_mean_confidence",
@@ -49,6 +49,8 @@ def round_logs(record: dict) -> dict[str, float]:
         logs["pseudo_label_accuracy"] = record["pseudo_label_accuracy"]
     for name, count in record["pseudo_label_class_counts"].items():
         logs[f"pseudo_labels_{name}"] = count
+    for name, share in record.get("pool_class_prior", {}).items():
+        logs[f"pool_class_prior_{name}"] = share
     for key, name in LOGGED_AS.items():  # the rest of the record that is one number (round 0 has no teacher)
         if record.get(key) is not None:
             logs[name] = record[key]

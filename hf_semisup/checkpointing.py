@@ -228,6 +228,8 @@ def save_selection(path: str, round_: int, predictions: PseudoLabels, selection,
     }
     if selection.class_thresholds is not None:
         arrays["class_thresholds"] = np.asarray(selection.class_thresholds, dtype=np.float64)
+    if getattr(selection, "class_prior", None) is not None:
+        arrays["class_prior"] = np.asarray(selection.class_prior, dtype=np.float64)
     if probabilities is not None:
         arrays["probabilities"] = np.asarray(probabilities, dtype=np.float32)
     write_atomic(path, lambda f: np.savez(f, **arrays), mode="wb")
@@ -237,7 +239,7 @@ def load_selection(path: str, pool_size: int) -> tuple[PseudoLabels, np.ndarray,
     """
     `(predictions, selected, thresholds)` as saved by [`save_selection`], checked against the pool's size. The
     predictions carry every class's probability when the file holds them; `thresholds` is `(threshold,
-    class_thresholds)`, or `None` for a file written before the selection was saved with it (`.json`, or `.npz` without
+    class_thresholds, class_prior)` (the [`~selection.Selection`] fields after `selected`), or `None` for a file written before the selection was saved with it (`.json`, or `.npz` without
     a `threshold`).
     """
     if path.endswith(".json"):  # written by earlier versions, before the arrays moved to `.npz`
@@ -261,8 +263,11 @@ def load_selection(path: str, pool_size: int) -> tuple[PseudoLabels, np.ndarray,
     thresholds = None
     if "threshold" in payload:
         threshold = float(payload["threshold"])
-        class_thresholds = payload.get("class_thresholds")
-        thresholds = (None if np.isnan(threshold) else threshold, class_thresholds)
+        thresholds = (
+            None if np.isnan(threshold) else threshold,
+            payload.get("class_thresholds"),
+            payload.get("class_prior"),
+        )
     return predictions, np.asarray(payload["selected"], dtype=np.int64), thresholds
 
 

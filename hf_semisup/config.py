@@ -10,7 +10,7 @@ from transformers import TrainingArguments
 
 from .augment import AUGMENTATIONS
 from .consistency import DIVERGENCES
-from .selection import SELECTION_RULES
+from .selection import CLASS_BALANCE_PRIORS, SELECTION_RULES
 from .teachers import TEACHERS
 from .validation import Boolean, Integer, Options, Real, Template, check_constraints
 
@@ -88,6 +88,12 @@ class SemiSupervisedConfig(TrainingArguments):
             Keep the accepted pseudo-labels at the labeled set's class proportions: each class keeps its most
             confident predictions up to its quota. When the teacher predicts a class too rarely, every quota shrinks
             with it; a teacher that predicts one class only gets nothing accepted.
+        class_balance_prior (`str`, *optional*, defaults to `"labeled"`):
+            The class shares that `class_balance` keeps: `"labeled"`, the labeled set's; `"pool"`, the pool's,
+            estimated each round from the teacher's probabilities by EM (Saerens et al., 2002; see
+            `selection.estimate_class_prior`), starting from the labeled shares, and recorded in the history as
+            `pool_class_prior`. Few-shot labeled sets are balanced by construction (k per class) where pools seldom
+            are: `"pool"` lets the quotas follow the pool. The pass then keeps every class's probability.
         max_pseudo_labels (`int` or `None`, *optional*, defaults to `None`):
             Most pseudo-labels accepted per round (the most confident). `None`: no cap.
         selection_strategy (`str`, *optional*, defaults to `"topk"`):
@@ -171,7 +177,7 @@ class SemiSupervisedConfig(TrainingArguments):
         collapse_alarm_margin (`float` or `None`, *optional*, defaults to `0.3`):
             Warn, and mark the round `collapse_alarm: true`, when a class's share of the accepted pseudo-labels exceeds
             its labeled share by more than this, in (0, 1) (with 50/50 labels and 0.3: over 80% of one class).
-            `class_balance=True` prevents it but for rounding. `None`: no alarm.
+            `class_balance=True` with the labeled shares prevents it but for rounding. `None`: no alarm.
         rollback_on_worse_eval (`bool`, *optional*, defaults to `False`):
             When a round makes the eval metric (`metric_for_best_model`, default the loss) worse than the round
             before, go back to that round's model and stop; needs an `eval_dataset`. Off: judged on a held-out quarter
@@ -219,6 +225,7 @@ class SemiSupervisedConfig(TrainingArguments):
         "min_steps_per_round": [Integer(0)],
         "confidence_threshold": [Real(0, 1)],
         "class_balance": [Boolean()],
+        "class_balance_prior": [Options(lambda: CLASS_BALANCE_PRIORS)],
         "max_pseudo_labels": [None, Integer(1)],
         "selection_strategy": [Options(lambda: tuple(SELECTION_RULES))],
         "pseudo_label_fraction": [Real(0, 1, closed="right")],
@@ -302,6 +309,14 @@ class SemiSupervisedConfig(TrainingArguments):
         metadata={
             "help": "Keep the accepted pseudo-labels' class proportions at the labeled class prior, so no round "
             "floods the training set with the majority class."
+        },
+    )
+    class_balance_prior: str = field(
+        default="labeled",
+        metadata={
+            "help": "The class shares class_balance keeps: 'labeled' (the labeled set's) or 'pool' (the pool's, "
+            "estimated each round from the teacher's probabilities by EM, recorded as pool_class_prior).",
+            "choices": list(CLASS_BALANCE_PRIORS),
         },
     )
     max_pseudo_labels: int | None = field(

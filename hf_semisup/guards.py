@@ -74,8 +74,12 @@ def check_collapse(
     margin: float | None,
     class_names: list[str],
     class_balance: bool,
+    pool_prior: bool = False,
 ):
-    """Record (`collapse_alarm`, `collapse_alarm_class`, `collapse_alarm_share`) and warn about a collapsed round."""
+    """
+    Record (`collapse_alarm`, `collapse_alarm_class`, `collapse_alarm_share`) and warn about a collapsed round.
+    `pool_prior`: class balance kept the pool's estimated shares (`class_balance_prior="pool"`), not the labeled ones.
+    """
     alarm = collapse_alarm(class_counts, class_prior, margin)
     record["collapse_alarm"] = alarm is not None
     if alarm is None:
@@ -87,5 +91,12 @@ def check_collapse(
         f"Round {record['round']}: pseudo-label collapse alarm: {share:.0%} of the {sum(class_counts)} accepted "
         f"pseudo-labels are {name!r}, whose labeled share is {class_prior[class_id]:.0%} (more than "
         f"`collapse_alarm_margin`={margin} above it)."
-        + ("" if class_balance else " Consider `class_balance=True`, which keeps the labeled shares.")
+        + (
+            " Class balance kept the pool's class shares as the teacher's pass estimates them "
+            "(`class_balance_prior='pool'`): if the pool is not that skewed, the teacher is."
+            if pool_prior
+            else ""
+            if class_balance
+            else " Consider `class_balance=True`, which keeps the labeled shares."
+        )
     )

@@ -220,6 +220,7 @@ def build_model_card(
         label_name_template=getattr(args, "label_name_template", None),
         prototype_refinement_steps=getattr(args, "prototype_refinement_steps", 0),
         class_balance=args.class_balance,
+        class_balance_prior=getattr(args, "class_balance_prior", "labeled"),
         max_pseudo_labels=args.max_pseudo_labels,
         student_init=args.student_init,
         student_epochs=_student_epochs(args),

@@ -13,6 +13,7 @@ The loop knows nothing of models: its trainer (a [`RoundHost`], [`SemiSupervised
 and moves weights; teachers (`teachers.py`) and selection rules (`selection.py`) come from their registries.
 """
 
+import dataclasses
 import logging
 import os
 from typing import Protocol
@@ -44,7 +45,7 @@ from .outputs import (
     stream_train_cache,
 )
 from .pseudo_labeling import write_pseudo_label_table
-from .selection import SELECTION_RULES, Selection, SelectionContext, apply_rule
+from .selection import SELECTION_RULES, Selection, SelectionContext, apply_rule, estimate_class_prior
 from .state import RunState
 from .student import empty_round_record, selection_record, student_train_set
 from .teachers import LabelingContext, teacher_for_round
@@ -185,10 +186,15 @@ class RoundLoop:
         strategy, num_labels = args.selection_strategy, len(host.class_names)
 
         def select(predictions) -> Selection:
-            return apply_rule(strategy, predictions, context)
+            if not self.estimates_pool_prior:
+                return apply_rule(strategy, predictions, context)
+            # The quotas follow the pool's class shares, as this pass estimates them.
+            prior = estimate_class_prior(predictions.probabilities(num_labels), host.class_prior)
+            selection = apply_rule(strategy, predictions, dataclasses.replace(context, class_prior=prior))
+            return dataclasses.replace(selection, class_prior=prior)
 
         # Soft targets need every class's probability: the pass keeps all of them, sorted, as its top-k.
-        full = SELECTION_RULES[strategy].needs_distribution
+        full = SELECTION_RULES[strategy].needs_distribution or self.estimates_pool_prior
         return LabelingContext(
             round=round_,
             model=host.labeling_model(),
@@ -206,6 +212,12 @@ class RoundLoop:
             config=args,
         )
 
+    @property
+    def estimates_pool_prior(self) -> bool:
+        """Whether class balance keeps the pool's class shares, estimated from each pass (`class_balance_prior`)."""
+        args = self.args
+        return args.class_balance and args.class_balance_prior == "pool" and self.host.class_prior is not None
+
     def selection_context(self, round_: int) -> SelectionContext:
         prior = self.host.class_prior if self.args.class_balance else None
         return SelectionContext(len(self.host.class_names), round_, prior, self.args)
@@ -220,8 +232,16 @@ class RoundLoop:
             confidence_threshold=args.confidence_threshold,
             gold=host.unlabeled_gold_labels,
         )
+        if selection.class_prior is not None:
+            record["pool_class_prior"] = {name: float(p) for name, p in zip(host.class_names, selection.class_prior)}
         check_collapse(
-            record, counts, host.class_prior, args.collapse_alarm_margin, host.class_names, args.class_balance
+            record,
+            counts,
+            host.class_prior,
+            args.collapse_alarm_margin,
+            host.class_names,
+            args.class_balance,
+            pool_prior=selection.class_prior is not None,
         )
 
     def save_selection(self, round_: int, predictions, selection):
@@ -245,7 +265,8 @@ class RoundLoop:
         predictions, selected, thresholds = load_selection(path, len(pool) if hasattr(pool, "__len__") else None)
         if thresholds is not None:
             return predictions, Selection(selected, *thresholds)
-        # Saved before selections were saved whole: the rule, a pure function of the pass, gives it again.
+        # Saved before selections were saved whole (and before the pool's prior could be estimated): the rule, a pure
+        # function of the pass, gives it again.
         selection = apply_rule(args.selection_strategy, predictions, self.selection_context(round_))
         if not np.array_equal(selection.selected, selected):
             raise ValueError(

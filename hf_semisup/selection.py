@@ -16,7 +16,9 @@ the config field it reads.
 - `"entropy"`: rows whose predictive entropy (normalized by that of the uniform distribution) is at most
   `entropy_threshold` ([`select_low_entropy`]): the whole distribution counts, not only its top class.
 
-`class_balance` and `max_pseudo_labels` apply to every rule.
+`class_balance` and `max_pseudo_labels` apply to every rule. The class shares that class balance keeps are the labeled
+set's, or (`class_balance_prior="pool"`) the pool's, estimated from the teacher's probabilities by EM
+([`estimate_class_prior`]).
 """
 
 import dataclasses
@@ -25,6 +27,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
+
+# Whose class shares class balance keeps: the labeled set's, or the pool's as the teacher's pass estimates them.
+CLASS_BALANCE_PRIORS = ("labeled", "pool")
 
 # An adaptive threshold never drops to chance level (1 / num_labels, the lowest possible top probability): that would
 # accept every row predicted as the class.
@@ -44,11 +49,15 @@ class Selection:
             accepted confidence for the rules without one (`"topk"`, `"entropy"`; `None` when nothing is kept).
         class_thresholds (`np.ndarray` of `float64`, *optional*):
             The per-class thresholds of `"adaptive"`.
+        class_prior (`np.ndarray` of `float64`, *optional*):
+            The pool's class shares estimated from the teacher's pass, when class balance kept them
+            (`class_balance_prior="pool"`).
     """
 
     selected: np.ndarray
     threshold: float | None
     class_thresholds: np.ndarray | None = None
+    class_prior: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,6 +313,46 @@ def _balanced_selection(candidates, labels, scores, class_prior, max_pseudo_labe
 
 def _lowest_confidence(confidences: np.ndarray, selected: np.ndarray) -> float | None:
     return float(np.asarray(confidences)[selected].min()) if len(selected) else None
+
+
+# EM re-estimation of the pool's class shares: stop when no share moves by more than this, or after this many steps.
+PRIOR_TOLERANCE = 1e-6
+PRIOR_MAX_STEPS = 1000
+# Rows of the pool adjusted at a time (the pass's probabilities times the prior ratio, normalized).
+PRIOR_CHUNK_ROWS = 1 << 20
+
+
+def estimate_class_prior(probabilities: np.ndarray, train_prior) -> np.ndarray:
+    """
+    The pool's class shares, re-estimated by EM from the teacher's probabilities (Saerens, Latinne and Decaestecker,
+    "Adjusting the outputs of a classifier to new a priori probabilities", Neural Computation 14, 2002).
+
+    The teacher's `probabilities` `(rows, classes)` are posteriors under the class shares it learned from
+    (`train_prior`, the labeled set's). Under shares `pi` they become `p(c | x) * pi[c] / train_prior[c]`,
+    renormalized; the estimate is the fixed point `pi[c] = mean over rows of those adjusted posteriors`, reached from
+    `train_prior`. A pool with the labeled shares gives them back (up to the teacher's errors); a class the labeled
+    set lacks stays at 0. Deterministic: a pure function of its inputs.
+    """
+    probabilities = np.asarray(probabilities)
+    train_prior = _normalized(train_prior)
+    if len(probabilities) == 0:
+        return train_prior
+    present = train_prior > 0
+    prior = train_prior.copy()
+    for _ in range(PRIOR_MAX_STEPS):
+        ratio = np.where(present, prior / np.where(present, train_prior, 1.0), 0.0)
+        total = np.zeros_like(prior)
+        for start in range(0, len(probabilities), PRIOR_CHUNK_ROWS):
+            adjusted = probabilities[start : start + PRIOR_CHUNK_ROWS].astype(np.float64) * ratio
+            norms = adjusted.sum(axis=1, keepdims=True)
+            total += (adjusted / np.where(norms > 0, norms, 1.0)).sum(axis=0)
+        updated = total / len(probabilities)
+        updated = updated / updated.sum() if updated.sum() > 0 else train_prior
+        converged = np.max(np.abs(updated - prior)) <= PRIOR_TOLERANCE
+        prior = updated
+        if converged:
+            break
+    return prior
 
 
 def _normalized(class_prior) -> np.ndarray:

@@ -210,6 +210,17 @@ def test_selection_rule_follows_the_strategy(card_run, monkeypatch):
     assert "| Round | Lowest confidence kept |" in text
 
 
+def test_card_says_whose_class_shares_the_quotas_keep(card_run, monkeypatch):
+    args = card_run.trainer.args
+    assert "class proportions" not in str(build_model_card(card_run.trainer))  # the run has no class balance
+    monkeypatch.setattr(args, "class_balance", True)
+    assert "in the labeled set's class proportions" in str(build_model_card(card_run.trainer))
+    monkeypatch.setattr(args, "class_balance_prior", "pool")
+    text = str(build_model_card(card_run.trainer))
+    assert "in the pool's\n  class proportions as each round's teacher estimates them" in text
+    assert "labeled set's class proportions" not in text
+
+
 def test_card_arguments_reach_the_metadata(card_run):
     card = build_model_card(
         card_run.trainer, language="en", license="apache-2.0", tags="movies", dataset_tags="imdb", dataset="IMDb"

@@ -232,7 +232,9 @@ def test_checkpoint_pseudo_labels_are_arrays_and_earlier_json_files_still_load(t
     np.testing.assert_array_equal(got.confidences, confidences)
     np.testing.assert_array_equal(got_selected, selected)
     assert got.top_k_labels is None
-    assert thresholds == (0.65, None)  # the selection itself is saved: a resumed round does not select again
+    assert thresholds == (0.65, None, None)  # the selection itself is saved: a resumed round does not select again
+    save_selection(path, 1, PseudoLabels(labels, confidences), Selection(selected, 0.65, None, np.array([0.7, 0.3])))
+    np.testing.assert_array_equal(load_selection(path, 3)[2][2], [0.7, 0.3])  # and the pool's prior it kept
     assert os.listdir(tmp_path / "round-1") == ["self_training_pseudo_labels.npz"]  # no temporary file left
     with pytest.raises(ValueError, match="labels 3 rows, but the unlabeled set .* has 4"):
         load_selection(path, 4)
