@@ -80,6 +80,7 @@ SYSTEMS = {
     "both": ("semisup", {"consistency": True}),
     "defaults": ("semisup", {}),
     "pool-prior": ("semisup", {"class_balance_prior": "pool"}),
+    "auto-teacher": ("semisup", {"first_teacher": "auto"}),
     "ceiling": ("ceiling", {}),
     "adaptive": ("semisup", {"consistency_weight": 0.0, "selection_strategy": "adaptive"}),
     "topk": ("semisup", {"consistency_weight": 0.0, "selection_strategy": "topk"}),

@@ -68,6 +68,12 @@ class SemiSupervisedConfig(TrainingArguments):
               labeled embedding, plus the embedding of `label_name_template` with the class name; cosine similarity).
               A model fine-tuned on a few labels is a weak, overconfident teacher; the pretrained space already groups
               texts of a class (see `embedding_teacher.py`).
+            - `"auto"`: chosen from the labeled set by cross-fitting (see `teacher_choice.py`): on each of 2 folds, the
+              prototypes and a copy of the initial model trained on the other fold for round 0's length score the
+              held-out fold, and so does their mean; the best labels round 1 (the mean: both teachers' distributions
+              averaged). When the round-0 model is best, no teacher beats the model self-training starts from, and
+              the run ends with it. The history's round 1 says what was chosen and why (`first_teacher_choice`,
+              `first_teacher_evidence`). It costs 2 trainings of round 0's length on half the labels.
         label_name_template (`str` or `None`, *optional*, defaults to `"This sentence is {}."`):
             With `first_teacher="embeddings"`, a prompt with `{}` for the class name whose embedding joins each class's
             prototype, as SetFit's templated examples do. Skipped, with an info log, for class names that are numbers

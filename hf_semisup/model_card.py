@@ -217,6 +217,7 @@ def build_model_card(
         pseudo_label_fraction=getattr(args, "pseudo_label_fraction", None),
         soft_pseudo_labels=getattr(args, "soft_pseudo_labels", False),
         first_teacher=getattr(args, "first_teacher", "model"),
+        first_teacher_choice=_first_teacher_choice(history),
         label_name_template=getattr(args, "label_name_template", None),
         prototype_refinement_steps=getattr(args, "prototype_refinement_steps", 0),
         class_balance=args.class_balance,
@@ -297,6 +298,19 @@ def framework_versions(include_peft: bool = False) -> dict[str, str]:
         versions["PEFT"] = peft.__version__
     versions["Python"] = platform.python_version()
     return versions
+
+
+def _first_teacher_choice(history: list[dict]) -> dict | None:
+    """What `first_teacher="auto"` chose in round 1, on what held-out accuracy, and whether it ended the run."""
+    record = next((r for r in history if "first_teacher_choice" in r), None)
+    if record is None:
+        return None
+    evidence = record.get("first_teacher_evidence", {})
+    return {
+        "choice": record["first_teacher_choice"],
+        "accuracies": {name: _format(scores.get("accuracy")) for name, scores in evidence.items()},
+        "stopped": record.get("stopped") is not None,
+    }
 
 
 def _round_table(history: list[dict], eval_sets: dict, names: dict | None = None) -> tuple[list[str], list[dict]]:

@@ -48,6 +48,7 @@ from .pseudo_labeling import write_pseudo_label_table
 from .selection import SELECTION_RULES, Selection, SelectionContext, apply_rule, estimate_class_prior
 from .state import RunState
 from .student import empty_round_record, selection_record, student_train_set
+from .teacher_choice import STOP
 from .teachers import LabelingContext, teacher_for_round
 
 
@@ -71,6 +72,8 @@ class RoundHost(Protocol):
     checkpointed_rngs: dict
 
     def labeling_model(self): ...
+    # A copy of the model from its initial weights, trained on `train_set` as round 0 trains; for teachers that cross-fit.
+    def fit_copy(self, train_set): ...
     def start_student(self, round_: int): ...
     # Trains the round; adds each optimizer step's loss to its run state's `loss_sum` (unless that is `None`).
     def fit_round(self, round_: int, train_set, checkpoint: str | None, **train_kwargs) -> TrainOutput: ...
@@ -123,6 +126,8 @@ class RoundLoop:
             record.update(empty_round_record(host.class_names))
         else:
             train_set = self.student_set(round_, record)
+            if train_set is None:
+                return self.stop_before_fitting(record, run.teacher_notes[STOP])
             host.start_student(round_)
         record["num_train_examples"] = len(train_set) if hasattr(train_set, "__len__") else None
 
@@ -141,15 +146,37 @@ class RoundLoop:
         self.end_round(record, output, done=stop or round_ == args.self_training_rounds)
         return output
 
+    @property
+    def teacher_stops(self) -> bool:
+        """Whether the round's teacher ended the run (see [`stop_before_fitting`])."""
+        return bool((self.run.teacher_notes or {}).get(STOP))
+
+    def stop_before_fitting(self, record: dict, reason: str) -> TrainOutput:
+        """End the run in round `record["round"]` before its student trains: the model stays the teacher's."""
+        run = self.run
+        previous = run.history[-1]
+        record["stopped"] = reason
+        run.model_round = record["round"] - 1
+        output = TrainOutput(previous["train_steps"], previous["train_loss"], {"train_loss": previous["train_loss"]})
+        logger.warning(
+            f"Round {record['round']}: {reason.replace('_', ' ')}: no teacher labels better than the round-"
+            f"{run.model_round} model (see `first_teacher_evidence` in the history); the run keeps that model."
+        )
+        self.end_round(record, output, done=True)
+        return output
+
     # ---- Label and select -----------------------------------------------------------------------------------------
     def student_set(self, round_: int, record: dict):
         """
         Round `round_`'s student train set: the teacher labels the pool (or the round's saved pass is read back), the
-        rule selects, `record` gets what was kept, and the kept rows join the labeled ones.
+        rule selects, `record` gets what was kept, and the kept rows join the labeled ones. `None` when the teacher
+        ends the run instead (`LabelingContext.notes["stop"]`).
         """
         host, args = self.host, self.args
         predictions, selection = self.pseudo_labels(round_)
         self.record_selection(record, predictions, selection)
+        if self.teacher_stops:
+            return None
         return student_train_set(
             host.labeled_dataset,
             host.unlabeled_dataset,
@@ -172,8 +199,11 @@ class RoundLoop:
         labeling = self.labeling_context(round_)
         predictions = teacher_for_round(args.first_teacher, round_).label(labeling)
         check_teacher_output(predictions, labeling.pool, labeling.top_k, round_)
+        run.teacher_notes = dict(labeling.notes) or None
         run.phase = "selecting"
-        selection = labeling.select(predictions)
+        selection = (
+            Selection(np.zeros(0, dtype=np.int64), None) if self.teacher_stops else labeling.select(predictions)
+        )
         if args.save_pseudo_labels and args.should_save:
             write_pseudo_label_table(pseudo_label_table_path(args.output_dir, round_), predictions, selection.selected)
         self.save_selection(round_, predictions, selection)
@@ -210,6 +240,7 @@ class RoundLoop:
             initial_weights=self.run.weights.get("initial"),
             tokenizer=host.processing_class,
             config=args,
+            fit=host.fit_copy,
         )
 
     @property
@@ -232,6 +263,8 @@ class RoundLoop:
             confidence_threshold=args.confidence_threshold,
             gold=host.unlabeled_gold_labels,
         )
+        notes = {k: v for k, v in (self.run.teacher_notes or {}).items() if k != STOP}
+        record.update(notes)
         if selection.class_prior is not None:
             record["pool_class_prior"] = {name: float(p) for name, p in zip(host.class_names, selection.class_prior)}
         check_collapse(

@@ -41,6 +41,9 @@ class RunState:
             `args.seed` of the run.
         train_output (`dict` or `None`):
             With phase `"done"`: the [`~transformers.trainer_utils.TrainOutput`] that `train()` returned.
+        teacher_notes (`dict` or `None`):
+            What the current round's teacher noted when it labeled the pool (see `LabelingContext.notes`), for the
+            round's record.
         record (`dict` or `None`):
             The current round's record, until it joins `history`.
         model_round (`int` or `None`):
@@ -62,6 +65,7 @@ class RunState:
     best_metric: float | None = None
     seed: int | None = None
     train_output: dict | None = None
+    teacher_notes: dict | None = None
     # Not saved
     record: dict | None = None
     model_round: int | None = None
@@ -78,6 +82,7 @@ class RunState:
         "best_metric",
         "seed",
         "train_output",
+        "teacher_notes",
     )
 
     @property
@@ -114,11 +119,11 @@ class RunState:
     def enter_round(self, round_: int):
         """Start round `round_` from its labeling pass."""
         self.round, self.phase, self.step = round_, "labeling", 0
-        self.loss_sum, self.pseudo_labels_file = 0.0, None
+        self.loss_sum, self.pseudo_labels_file, self.teacher_notes = 0.0, None, None
 
     def finish(self, train_output: dict):
         self.phase, self.step, self.train_output = "done", 0, train_output
-        self.loss_sum, self.pseudo_labels_file = 0.0, None
+        self.loss_sum, self.pseudo_labels_file, self.teacher_notes = 0.0, None, None
 
     def logged_step_offset(self) -> int:
         """The optimizer steps of the rounds before the current one."""

@@ -10,6 +10,8 @@ teacher is a class and a line in the registry ([`register_teacher`]).
 - `"model"` ([`ModelTeacher`]): the trainer's current model.
 - `"embeddings"` ([`PrototypeTeacher`]): class prototypes in the initial (pretrained) encoder's embedding space (see
   `embedding_teacher.py`).
+- `"auto"` ([`~teacher_choice.CrossFitTeacher`]): the prototypes, the round-0 model or their mean, as cross-fitting
+  on the labeled set ranks them; the round-0 model ends the run (see `teacher_choice.py`).
 """
 
 import dataclasses
@@ -20,6 +22,7 @@ import numpy as np
 from .embedding_teacher import PrototypeClassifier, class_prototypes, label_name_features, refined_pool_labels
 from .pseudo_labeling import PseudoLabels, predict_pool
 from .state import copy_weights, load_weights
+from .teacher_choice import CrossFitTeacher
 
 
 @dataclasses.dataclass
@@ -42,6 +45,10 @@ class LabelingContext:
         initial_weights: the model's weights before training (`None` unless a teacher asked for them).
         tokenizer: the trainer's `processing_class`.
         config: the [`SemiSupervisedConfig`].
+        fit: `fit(labeled_subset) -> model`: a copy of the model from its initial weights, trained on a subset of the
+            labeled set as round 0 trains (the trainer's model and state are left alone), for teachers that cross-fit.
+        notes (`dict`): what the teacher adds to the round's record (what it chose, and why); `notes["stop"]`, a
+            reason, ends the run with the model the teacher was given.
     """
 
     round: int
@@ -58,6 +65,8 @@ class LabelingContext:
     initial_weights: dict | None
     tokenizer: object
     config: object
+    fit: Callable | None = None
+    notes: dict = dataclasses.field(default_factory=dict)
 
     def predict(self, model, top_k: int, what: str | None = None) -> PseudoLabels:
         """`model`'s labeling pass over the pool, with this round's progress bar."""
@@ -134,6 +143,7 @@ class PrototypeTeacher(Teacher):
 TEACHERS: dict[str, Callable[[], Teacher]] = {
     "model": ModelTeacher,
     "embeddings": PrototypeTeacher,
+    "auto": CrossFitTeacher,
 }
 
 

@@ -1,6 +1,8 @@
+import copy
 import logging
 import math
 import os
+import tempfile
 
 import datasets
 import torch
@@ -11,8 +13,15 @@ from transformers import (
     Trainer,
     TrainingArguments,
 )
-from transformers.trainer_callback import TrainerState
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, enable_full_determinism, set_seed
+from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerState
+from transformers.trainer_utils import (
+    PREFIX_CHECKPOINT_DIR,
+    IntervalStrategy,
+    SaveStrategy,
+    TrainOutput,
+    enable_full_determinism,
+    set_seed,
+)
 
 from .adapters import prepare_peft_model
 from .augment import build_augmentation
@@ -410,6 +419,30 @@ class SemiSupervisedTrainer(Trainer):
         if not self._user_optimizers:
             self.optimizer, self.lr_scheduler = None, None
         self.model_wrapped = self.model  # a fresh DDP wrapper for the new optimizer
+
+    def fit_copy(self, train_set):
+        """
+        A copy of the model from its initial weights, trained on `train_set` (tokenized, with `labels`) for round 0's
+        length with its optimizer settings, by a plain `Trainer` that saves, logs and reports nothing (and adds no
+        consistency loss); this trainer's model, optimizer and state are left alone. For teachers that cross-fit on the
+        labeled set (`first_teacher="auto"`). Call it on every process.
+        """
+        model = copy.deepcopy(self.accelerator.unwrap_model(self.model))
+        load_weights(model, self.run_state.weights["initial"])
+        args = copy.copy(self.args)
+        args.max_steps = self.args.round_max_steps(len(train_set), self.accelerator.num_processes, round_=0)
+        args.num_train_epochs = self.args.round_epochs(0)
+        args.save_strategy, args.eval_strategy = SaveStrategy.NO, IntervalStrategy.NO
+        args.logging_strategy, args.report_to, args.disable_tqdm = IntervalStrategy.NO, [], True
+        args.load_best_model_at_end, args.push_to_hub = False, False
+        set_seed(self.args.seed)
+        with tempfile.TemporaryDirectory() as scratch:
+            args.output_dir = scratch
+            trainer = Trainer(model, args, data_collator=self.data_collator, train_dataset=train_set)
+            trainer.remove_callback(PrinterCallback)
+            trainer.remove_callback(ProgressCallback)
+            trainer.train()
+        return trainer.model
 
     def fit_round(self, round_: int, train_set, checkpoint: str | None, **train_kwargs) -> TrainOutput:
         """
