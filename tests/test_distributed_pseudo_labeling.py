@@ -129,6 +129,16 @@ def test_two_process_self_training_and_consistency_run(tmp_path):
         assert np.mean(correct) == pytest.approx(record["pseudo_label_accuracy"])
 
 
+def test_two_processes_cross_fit_the_first_teacher_alike(tmp_path):
+    # The fold models train under the launch's processes (a plain `Trainer` inside the run): every rank takes part,
+    # and all reach the same evidence, choice and weights.
+    accelerate_launch("auto", tmp_path)
+    main, other = load_ranks(tmp_path)
+    assert main["history"] == other["history"] and main["weights"] == other["weights"]
+    assert main["history"][1]["first_teacher_choice"] in ("embeddings", "model", "combination")
+    assert sorted(main["history"][1]["first_teacher_evidence"]) == ["combination", "embeddings", "model"]
+
+
 def test_a_launch_without_gpus_trains_the_processes_together(tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` on a CPU-only machine: without `use_cpu`, `TrainingArguments`
     would see one process each and every process would run the whole training alone."""

@@ -142,6 +142,22 @@ def train(out_dir) -> dict:
     }
 
 
+def auto(out_dir) -> dict:
+    """One round with `first_teacher="auto"`: every process trains the fold models and must reach the same choice."""
+    from conftest import make_model, toy_dataset
+
+    trainer = build_trainer(
+        out_dir, toy_dataset(POOL_SIZE, seed=2), model=make_model(seed=2, initializer_range=0.5),
+        self_training_rounds=1, first_teacher="auto", selection_strategy="topk", max_steps=4,
+        per_device_train_batch_size=4, eval_strategy="no",
+    )  # fmt: skip
+    trainer.train()
+    weights = hashlib.sha256()
+    for name, tensor in sorted(trainer.model.state_dict().items()):
+        weights.update(name.encode() + tensor.detach().cpu().numpy().tobytes())
+    return {"history": trainer.self_training_history, "weights": weights.hexdigest()}
+
+
 def config(out_dir):
     """What a config built as a user would (no `use_cpu`) says about the launch."""
     from hf_semisup import SemiSupervisedConfig
@@ -162,7 +178,7 @@ def run(mode, out_dir):
         AcceleratorState._reset_state(reset_partial_state=True)
         os.environ["OMP_NUM_THREADS"] = "1"  # or Accelerate raises it again
         torch.set_num_threads(1)
-    result = {"label": label, "train": train, "config": config}[mode](out_dir)
+    result = {"label": label, "train": train, "auto": auto, "config": config}[mode](out_dir)
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     result["world_size"] = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     with open(os.path.join(out_dir, f"rank-{rank}.json"), "w") as f:
