@@ -199,6 +199,9 @@ class SemiSupervisedConfig(TrainingArguments):
             trained on, only used for `pseudo_label_accuracy`.
         max_length (`int` or `None`, *optional*, defaults to `256`):
             Truncation length in tokens; `None`: the tokenizer's `model_max_length`.
+        dataset_num_proc (`int` or `None`, *optional*, defaults to `None`):
+            Processes that tokenize each dataset (`datasets.Dataset.map(num_proc=...)`), as in TRL; the tokenized
+            rows are cached in `output_dir` once, for every round and every process of a launch. `None`: this process.
 
         > Model and saving
 
@@ -249,6 +252,7 @@ class SemiSupervisedConfig(TrainingArguments):
         "pseudo_label_top_k": [Integer(0)],
         "collapse_alarm_margin": [None, Real(0, 1)],
         "max_length": [None, Integer(2)],
+        "dataset_num_proc": [None, Integer(1)],
         "use_hub_kernels": [None, Boolean()],
     }
 
@@ -456,6 +460,10 @@ class SemiSupervisedConfig(TrainingArguments):
     max_length: int | None = field(
         default=256,
         metadata={"help": "Truncate texts to this many tokens. None: the tokenizer's model_max_length."},
+    )
+    dataset_num_proc: int | None = field(
+        default=None,
+        metadata={"help": "Processes that tokenize each dataset (Dataset.map num_proc). None: this process only."},
     )
 
     # Model

@@ -285,6 +285,7 @@ def prepare_dataset(
     labels: str = "train",
     add_length: bool = False,
     cache_dir: str | None = None,
+    num_proc: int | None = None,
 ):
     """
     Check a raw or tokenized dataset and return it tokenized, with integer labels in a `labels` column.
@@ -299,6 +300,8 @@ def prepare_dataset(
             Where to write the tokenized rows of a dataset held in memory, so they are memory-mapped from an Arrow
             file instead of held in RAM (a file-backed dataset is cached beside its own files by `datasets`). The
             file name hashes the dataset and the tokenization, so a later call, e.g. from another process, reuses it.
+        num_proc (`int`, *optional*):
+            Processes that tokenize (`Dataset.map(num_proc=...)`); the rows come out the same.
 
     Returns:
         `(dataset, gold)`: the prepared dataset and, when `labels="hide"` and the pool carries labels, the hidden
@@ -345,7 +348,9 @@ def prepare_dataset(
         keep = [c for c in dataset.column_names if c in MODEL_INPUT_COLUMNS]
         dataset = dataset.select_columns(keep)
         if add_length and LENGTH_COLUMN not in dataset.column_names:
-            dataset = dataset.map(lambda b: {LENGTH_COLUMN: [len(x) for x in b["input_ids"]]}, batched=True, **cache)
+            dataset = dataset.map(
+                lambda b: {LENGTH_COLUMN: [len(x) for x in b["input_ids"]]}, batched=True, num_proc=num_proc, **cache
+            )
     else:
         if max_length is None:
             max_length = min(tokenizer.model_max_length, 1_000_000)
@@ -357,7 +362,12 @@ def prepare_dataset(
             return encoded
 
         dataset = dataset.map(
-            tokenize, batched=True, remove_columns=dataset.column_names, desc=f"Tokenizing the {name}", **cache
+            tokenize,
+            batched=True,
+            remove_columns=dataset.column_names,
+            desc=f"Tokenizing the {name}",
+            num_proc=num_proc,
+            **cache,
         )
 
     if labels != "hide" and label_ids is not None:

@@ -66,6 +66,7 @@ def prepare_kwargs(args, tokenizer, model_config) -> dict:
         label2id=model_config.label2id,
         num_labels=model_config.num_labels,
         max_length=args.max_length,
+        num_proc=getattr(args, "dataset_num_proc", None),
     )
 
 

@@ -168,3 +168,33 @@ def test_errors_name_the_row_of_the_file_not_of_the_sample(tmp_path):
     fractional = write(Dataset.from_dict({"text": ["a", "b", "c"], "label": [0.0, 0.5, 1.0]}), tmp_path / "f.jsonl")
     with pytest.raises(ValueError, match=r"non-integer label 0.5 at row 1: a label is a class name or an integer"):
         load(train_file=fractional, num_labeled_per_class=1)
+
+
+def test_tokenizing_in_several_processes_gives_the_same_rows(tmp_path, tokenizer):
+    from conftest import make_model, tiny_config, toy_dataset
+
+    from hf_semisup import SemiSupervisedTrainer
+
+    prepared = []
+    for num_proc in (None, 2):
+        trainer = SemiSupervisedTrainer(
+            make_model(),
+            tiny_config(tmp_path / f"num-proc-{num_proc}", dataset_num_proc=num_proc),
+            train_dataset=toy_dataset(16, seed=1),
+            eval_dataset=toy_dataset(10, seed=2),
+            processing_class=tokenizer,
+            unlabeled_dataset=toy_dataset(57, seed=3),
+        )
+        prepared.append([trainer.labeled_dataset, trainer.unlabeled_dataset, trainer.eval_dataset])
+    for one, two in zip(*prepared):
+        assert one.column_names == two.column_names and one.to_dict() == two.to_dict()
+    # The pool was tokenized in 2 processes (a cache shard each), into output_dir's cache, memory-mapped.
+    shards = [f["filename"] for f in prepared[1][1].cache_files]
+    assert len(shards) == 2 and all(str(tmp_path / "num-proc-2") in name and "_of_00002" in name for name in shards)
+
+
+def test_dataset_num_proc_is_checked(tmp_path):
+    from hf_semisup import SemiSupervisedConfig
+
+    with pytest.raises(ValueError, match="dataset_num_proc"):
+        SemiSupervisedConfig(output_dir=str(tmp_path), dataset_num_proc=0)
