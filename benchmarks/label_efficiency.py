@@ -135,6 +135,11 @@ SYSTEMS = {
     "gold-teacher": ("gold-teacher", {}),
 }
 # Self-training alone and the consistency loss alone, beside the defaults that combine them.
+# What each round's record keeps in results.json: the selection's quality, and what the run chose and why.
+ROUND_KEYS = (
+    "round", "num_pseudo_labels", "pseudo_label_accuracy", "teacher_pool_accuracy", "pseudo_label_class_counts",
+    "pool_class_prior", "first_teacher_choice", "first_teacher_evidence", "stopped",
+)  # fmt: skip
 DEFAULT_SYSTEMS = ["supervised", "supervised-standard", "defaults", "self-training", "consistency", "ceiling"]
 # The baselines a semi-supervised system is measured against: the gap is closed from the stronger of the two.
 SUPERVISED = ("supervised", "supervised-standard")
@@ -302,7 +307,7 @@ def run_semisup(split: Split, overrides: dict, seed: int, args, model_path: str,
         )
         trainer.train()
         rounds = [
-            {k: r.get(k) for k in ("round", "num_pseudo_labels", "pseudo_label_accuracy", "teacher_pool_accuracy")}
+            {**{k: r.get(k) for k in ROUND_KEYS[:4]}, **{k: r[k] for k in ROUND_KEYS[4:] if k in r}}
             for r in trainer.self_training_history
         ]
         result = {"test": predict_test(trainer, split.test, tokenizer, model.config.label2id, args.max_length)}
