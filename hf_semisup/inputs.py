@@ -9,19 +9,21 @@ import os
 import datasets
 import numpy as np
 import transformers
-from transformers import AutoConfig, PreTrainedModel, set_seed
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, set_seed
 
 from .adapters import is_peft_model
 from .config import DEFAULT_CONSISTENCY_WEIGHT, SemiSupervisedConfig
 from .data import (
+    check_dataset_types,
     check_every_class_labeled,
     drop_labeled_duplicates,
+    label_names_of,
     prepare_dataset,
     prepare_stream,
     warn_on_unknown_tokens,
 )
 from .metrics import is_offline
-from .modeling import file_location_kwargs, head_label_kwargs, load_classifier
+from .modeling import align_label_names, check_local_path, file_location_kwargs, head_label_kwargs, load_classifier
 from .outputs import cache_dir
 
 
@@ -36,6 +38,23 @@ def resolve_args(args, model) -> SemiSupervisedConfig:
         values.pop("push_to_hub_token", None)
         return SemiSupervisedConfig(**values)
     return args
+
+
+def is_plain_run(args, unlabeled_dataset) -> bool:
+    """No rounds, no pool and no consistency loss asked for: the trainer takes and does what `Trainer` does."""
+    return args.self_training_rounds == 0 and unlabeled_dataset is None and not args.consistency_weight
+
+
+def check_self_training_inputs(model, model_init, train_dataset, eval_dataset, unlabeled_dataset):
+    """What self-training needs of the trainer's arguments: a labeled `datasets.Dataset`, and a model (not a factory)."""
+    if train_dataset is None:
+        raise ValueError("`train_dataset` (the labeled set) is required.")
+    check_dataset_types(train_dataset=train_dataset, eval_dataset=eval_dataset, unlabeled_dataset=unlabeled_dataset)
+    if model is None and model_init is not None:
+        raise ValueError(
+            "`model_init` makes `Trainer.train` build a new model at each call, and each self-training round is one: "
+            "pass the model instead (`model=model_init()`)."
+        )
 
 
 def default_consistency_weight(unlabeled_dataset, tokenizer, compute_loss_func, num_labels: int) -> float:
@@ -115,6 +134,28 @@ def is_sequence_classifier(model) -> bool:
     if is_peft_model(model):
         model = model.get_base_model()
     return type(model).__name__.endswith("ForSequenceClassification")
+
+
+def resolve_model(model, processing_class, model_init, args, train_dataset):
+    """
+    `(model, processing_class, shown)`: the model and tokenizer loaded when `model` is a name or path, and the model
+    whose config the run reads (`model_init()`'s when only that is given), its label names aligned with the labeled
+    set's.
+    """
+    if isinstance(model, str):
+        check_local_path(model, "`model`")
+        if processing_class is None:
+            processing_class = AutoTokenizer.from_pretrained(model, **file_location_kwargs(args.model_init_kwargs))
+    labeled = isinstance(train_dataset, datasets.Dataset) and args.label_column in train_dataset.column_names
+    label_names = label_names_of(train_dataset, args.label_column) if labeled else None
+    if isinstance(model, str):
+        model = load_model(model, args, train_dataset)
+    if model is None and model_init is None:
+        raise ValueError("`model` is required (a model, or a name or path to load).")
+    shown = model if model is not None else model_init()
+    if getattr(shown, "config", None) is not None:
+        align_label_names(shown.config, label_names)
+    return model, processing_class, shown
 
 
 def load_model(name: str, args: SemiSupervisedConfig, train_dataset) -> PreTrainedModel:

@@ -2,7 +2,6 @@
 
 import dataclasses
 import enum
-import json
 import os
 import platform
 from pathlib import Path
@@ -10,9 +9,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
 
+from . import card_names
 from .adapters import is_peft_model
 from .inputs import class_prior
 from .outputs import CARD_NAME
@@ -21,8 +19,6 @@ from .outputs import CARD_NAME
 TEMPLATE_PATH = Path(__file__).parent / "model_cards" / "model_card_template.md"
 TAGS = ["hf-semisup", "semi-supervised", "text-classification"]
 TASK = {"task_type": "text-classification", "task_name": "Text Classification"}
-# Builders named after a file format, not a dataset: such a dataset has no Hub id to cite.
-FILE_BUILDERS = {"csv", "json", "parquet", "text", "pandas", "arrow", "generator", "sql", "webdataset"}
 # Throughput, not quality: left out of the card's tables and of `model-index`.
 SPEED_METRICS = {"runtime", "samples_per_second", "steps_per_second", "model_preparation_time", "jit_compilation_time"}
 # Fields about where to write, log and push, or how to run, not about how the model was trained.
@@ -126,30 +122,32 @@ def build_model_card(
         hub_model_id = trainer.hub_model_id or args.hub_model_id
         model_name = hub_model_id.split("/")[-1] if hub_model_id else Path(args.output_dir).absolute().name
     repo_id = trainer.hub_model_id or args.hub_model_id or model_name
-    base_name = _base_model_name(model)
-    local_name, local_hub_id = _local_model_names(base_name) if base_name and os.path.isdir(base_name) else (None,) * 2
-    base_model_id = finetuned_from or _hub_id(base_name) or local_hub_id
+    base_name = card_names.base_model_name(model)
+    local_name, local_hub_id = (
+        card_names.local_model_names(base_name) if base_name and os.path.isdir(base_name) else (None,) * 2
+    )
+    base_model_id = finetuned_from or card_names.as_hub_id(base_name) or local_hub_id
     peft_type = peft_description = None
     if is_peft_model(model):
         peft_config = model.active_peft_config
         peft_type = PEFT_NAMES.get(str(peft_config.peft_type.value), str(peft_config.peft_type.value))
-        peft_description = _describe_adapter(model, peft_type)
+        peft_description = card_names.describe_adapter(model, peft_type)
     is_adapter = peft_type is not None and not getattr(args, "save_merged_model", False)
 
     # Datasets
     eval_sets = {name: data for name, data in facts.eval_datasets.items() if data is not None}
     split = facts.eval_split
-    if split is None and list(eval_sets) == [None] and _dataset_id(eval_sets[None]):
+    if split is None and list(eval_sets) == [None] and card_names.dataset_id(eval_sets[None]):
         split = getattr(eval_sets[None], "split", None)
     columns = {None: f"{split}" if split else "Eval"}
     datasets_used = [facts.labeled_dataset, facts.unlabeled_dataset, *eval_sets.values()]
-    hub_datasets = dataset_tags or list(dict.fromkeys(filter(None, map(_dataset_id, datasets_used))))
+    hub_datasets = dataset_tags or list(dict.fromkeys(filter(None, map(card_names.dataset_id, datasets_used))))
     pool = facts.unlabeled_dataset
     num_unlabeled = (len(pool) if hasattr(pool, "__len__") else "a stream of") if pool is not None else 0
     roles = {"Labeled": facts.labeled_dataset, "Unlabeled": facts.unlabeled_dataset}
     roles.update({f"Evaluation ({name})" if name else "Evaluation": data for name, data in eval_sets.items()})
     data_rows = [
-        {"role": role, "name": _dataset_name(data), "size": len(data) if hasattr(data, "__len__") else "-"}
+        {"role": role, "name": card_names.dataset_name(data), "size": len(data) if hasattr(data, "__len__") else "-"}
         for role, data in roles.items()
         if data is not None
     ]
@@ -194,7 +192,7 @@ def build_model_card(
         model_name=model_name,
         repo_id=repo_id,
         base_model_id=base_model_id,
-        base_model_display=_base_model_display(base_model_id, local_name or base_name, model),
+        base_model_display=card_names.base_model_display(base_model_id, local_name or base_name, model),
         class_names=class_names,
         id2label=dict(enumerate(class_names)),
         label2id={name: i for i, name in enumerate(class_names)},
@@ -275,7 +273,6 @@ def non_default_hyperparameters(args) -> dict:
 
 def framework_versions(include_peft: bool = False) -> dict[str, str]:
     import accelerate
-    import datasets
     import huggingface_hub
     import tokenizers
     import torch
@@ -354,11 +351,11 @@ def _eval_metrics(record: dict, eval_sets: dict) -> dict[str | None, dict[str, f
 
 
 def _eval_result(facts, eval_name, data, metric, value, dataset_tags, dataset, dataset_args) -> EvalResult:
-    dataset_type = dataset_tags[0] if dataset_tags else _dataset_id(data) or "unknown"
+    dataset_type = dataset_tags[0] if dataset_tags else card_names.dataset_id(data) or "unknown"
     default_name = eval_name or (dataset_type if dataset_type != "unknown" else "Unknown")
     # Local files load as the `train` split of their builder whatever their role: only a Hub dataset's split says
     # something.
-    split = getattr(data, "split", None) if _dataset_id(data) else None
+    split = getattr(data, "split", None) if card_names.dataset_id(data) else None
     macro_f1 = metric == "f1" and facts.default_metrics
     return EvalResult(
         **TASK,
@@ -379,92 +376,6 @@ def _student_epochs(args) -> str | None:
     if args.max_steps > 0 or not hasattr(args, "round_epochs"):
         return None
     return f"{args.round_epochs(1):g}"
-
-
-def _base_model_name(model) -> str:
-    if is_peft_model(model):
-        name = model.active_peft_config.base_model_name_or_path
-        return name or getattr(model.get_base_model().config, "_name_or_path", "") or ""
-    return getattr(model.config, "_name_or_path", "") or ""
-
-
-def _base_model_display(base_model_id: str | None, base_name: str, model) -> str:
-    if base_model_id:
-        return f"[{base_model_id}](https://huggingface.co/{base_model_id})"
-    if base_name:
-        return f"`{Path(base_name).name}` (a local checkpoint)"
-    base = model.get_base_model() if is_peft_model(model) else model
-    return f"a `{type(base).__name__}` built in memory"
-
-
-def _describe_adapter(model, peft_type: str) -> str:
-    config = model.active_peft_config
-    details = []
-    if getattr(config, "r", None) is not None:
-        details.append(f"r={config.r}")
-    if getattr(config, "lora_alpha", None) is not None:
-        details.append(f"alpha={config.lora_alpha}")
-    targets = getattr(config, "target_modules", None)
-    if isinstance(targets, (set, list, tuple)):
-        details.append("on " + ", ".join(f"`{t}`" for t in sorted(targets)))
-    trainable, total = model.get_nb_trainable_parameters()
-    return (
-        f"{peft_type}{' (' + ', '.join(details) + ')' if details else ''}; {trainable:,} of {total:,} parameters "
-        f"({100 * trainable / total:.2f}%) train, classification head included"
-    )
-
-
-def _local_model_names(folder: str) -> tuple[str | None, str | None]:
-    """
-    What a model folder says it is: `(name, hub_id)`. The name comes from its card (`README.md`: `model_name`, the
-    model-index name or the title), else from its config's `_name_or_path` (which transformers 4 wrote); that is a Hub
-    id (`org/name`) only when the card names no other model: a fine-tuned model's config can name what it was
-    fine-tuned from.
-    """
-    name = None
-    card_path = os.path.join(folder, CARD_NAME)
-    if os.path.isfile(card_path):
-        card = ModelCard.load(card_path, ignore_metadata_errors=True)
-        name = getattr(card.data, "model_name", None)
-        if not name:
-            titles = [line[2:].strip() for line in card.text.splitlines() if line.startswith("# ")]
-            name = titles[0] if titles else None
-    config_name = None
-    config_path = os.path.join(folder, "config.json")
-    if os.path.isfile(config_path):
-        with open(config_path, encoding="utf-8") as f:
-            config_name = json.load(f).get("_name_or_path") or None
-    hub_id = _hub_id(config_name) if config_name and "/" in config_name else None
-    if hub_id is not None and name is not None and name != hub_id.split("/")[-1]:
-        hub_id = None
-    return name or (hub_id.split("/")[-1] if hub_id else None), hub_id
-
-
-def _hub_id(name: str | None) -> str | None:
-    """`name` if it can be a Hub model id, `None` for an empty name or a local path."""
-    if not name or os.path.isdir(name):
-        return None
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return None
-    return name
-
-
-def _dataset_id(data) -> str | None:
-    info = getattr(data, "info", None)
-    name = getattr(info, "dataset_name", None) or getattr(info, "builder_name", None)
-    return name if name and name not in FILE_BUILDERS else None
-
-
-def _dataset_name(data) -> str:
-    hub_id = _dataset_id(data)
-    if hub_id:
-        return f"[{hub_id}](https://huggingface.co/datasets/{hub_id})"
-    if not isinstance(data, datasets.Dataset):
-        return f"a `{type(data).__name__}`"
-    builder = getattr(getattr(data, "info", None), "builder_name", None)
-    return f"local `{builder}` files" if builder else "in-memory `Dataset`"
 
 
 def _column_name(eval_name: str | None, metric: str, names: dict | None = None) -> str:

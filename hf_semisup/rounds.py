@@ -49,7 +49,7 @@ from .selection import SELECTION_RULES, Selection, SelectionContext, apply_rule,
 from .state import RunState
 from .student import empty_round_record, selection_record, student_train_set
 from .teacher_choice import STOP
-from .teachers import LabelingContext, teacher_for_round
+from .teachers import LabelingContext, check_teacher_output, teacher_for_round
 
 
 logger = logging.getLogger(__name__)
@@ -435,17 +435,6 @@ class RoundLoop:
         if load_state(directory) is None:
             raise ValueError(f"Cannot resume: the model of the end of round {round_} ({directory}) is missing.")
         self.host.load_round_model(directory)
-
-
-def check_teacher_output(predictions, pool, top_k: int, round_: int):
-    """A teacher's pass covers the pool, row for row, with the classes per row it was asked for."""
-    rows = len(pool) if hasattr(pool, "__len__") else None
-    if rows is not None and len(predictions) != rows:
-        raise ValueError(f"Round {round_}'s teacher labeled {len(predictions)} rows of a pool of {rows}.")
-    if predictions.num_classes_kept < top_k:
-        raise ValueError(
-            f"Round {round_}'s teacher kept {predictions.num_classes_kept} classes per row; the round needs {top_k}."
-        )
 
 
 def round_metric(record: dict, key: str) -> float:

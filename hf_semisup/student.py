@@ -4,12 +4,13 @@ A round's student side: what the selection kept, as the round's record says it, 
 """
 
 import logging
+import os
 from collections import Counter
 
 import datasets
 import numpy as np
 
-from .data import pseudo_labeled_rows
+from .data import LENGTH_COLUMN, MODEL_INPUT_COLUMNS
 from .metrics import accuracy
 from .soft_labels import one_hot_targets, with_soft_targets
 
@@ -85,3 +86,53 @@ def student_train_set(
     probabilities = predictions.probabilities(num_labels)
     pseudo = with_soft_targets(pseudo, probabilities[order], predictions.confidences[order])
     return datasets.concatenate_datasets([one_hot_targets(labeled, num_labels), pseudo])
+
+
+def take_from_stream(
+    stream: datasets.IterableDataset, labels: np.ndarray, path: str, features=None
+) -> datasets.Dataset:
+    """
+    The rows of a tokenized stream whose entry in `labels` is >= 0, with that label in a `labels` column, in stream
+    order. They are written to an Arrow file at `path` (through a temporary file and a rename) as the stream is read,
+    and memory-mapped from it, so no more than a chunk is ever held in memory.
+    """
+    from datasets.arrow_writer import ArrowWriter
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    offset = 0
+    try:
+        with ArrowWriter(features=features, path=tmp) as writer:
+            for chunk in stream.iter(batch_size=1000):
+                size = len(chunk["input_ids"])
+                rows = np.flatnonzero(labels[offset : offset + size] >= 0)
+                if len(rows):
+                    batch = {k: [v[i] for i in rows] for k, v in chunk.items() if k in MODEL_INPUT_COLUMNS}
+                    batch["labels"] = labels[offset + rows].tolist()
+                    writer.write_batch(batch)
+                offset += size
+            writer.finalize()
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return datasets.Dataset.from_file(path)
+
+
+def pseudo_labeled_rows(pool, labels: np.ndarray, selected: np.ndarray, stream_cache: str, write: bool = True):
+    """
+    The `selected` rows of a tokenized pool with their pseudo-label from `labels` in a `labels` column, memory-mapped
+    when the pool is: a `Dataset` pool's rows are flattened by `datasets` into a cache file beside the pool's; an
+    `IterableDataset` pool is read again and its rows written, when `write`, to `stream_cache` (the other processes
+    only map that file, so call it on the writer first).
+    """
+    if isinstance(pool, datasets.IterableDataset):
+        wanted = np.full(len(labels), -1, dtype=np.int64)
+        wanted[selected] = labels[selected]
+        if write:
+            take_from_stream(pool, wanted, stream_cache)
+        return datasets.Dataset.from_file(stream_cache)
+    rows = pool.select(selected)
+    if LENGTH_COLUMN in rows.column_names:
+        rows = rows.remove_columns(LENGTH_COLUMN)
+    return rows.add_column("labels", labels[selected])

@@ -169,3 +169,14 @@ def needs_initial_weights(first_teacher: str) -> bool:
     factory = TEACHERS[first_teacher]
     flag = getattr(factory, "needs_initial_weights", None)  # a class says it without being built
     return bool(flag if flag is not None else getattr(factory(), "needs_initial_weights", False))
+
+
+def check_teacher_output(predictions, pool, top_k: int, round_: int):
+    """A teacher's pass covers the pool, row for row, with the classes per row it was asked for."""
+    rows = len(pool) if hasattr(pool, "__len__") else None
+    if rows is not None and len(predictions) != rows:
+        raise ValueError(f"Round {round_}'s teacher labeled {len(predictions)} rows of a pool of {rows}.")
+    if predictions.num_classes_kept < top_k:
+        raise ValueError(
+            f"Round {round_}'s teacher kept {predictions.num_classes_kept} classes per row; the round needs {top_k}."
+        )

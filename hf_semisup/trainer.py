@@ -1,58 +1,39 @@
-import copy
 import logging
 import math
 import os
-import tempfile
 
 import datasets
 import torch
-from transformers import (
-    AutoTokenizer,
-    DataCollatorWithPadding,
-    PreTrainedModel,
-    Trainer,
-    TrainingArguments,
-)
-from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerState
-from transformers.trainer_utils import (
-    PREFIX_CHECKPOINT_DIR,
-    IntervalStrategy,
-    SaveStrategy,
-    TrainOutput,
-    enable_full_determinism,
-    set_seed,
-)
+from transformers import DataCollatorWithPadding, PreTrainedModel, Trainer, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, enable_full_determinism, set_seed
 
 from .adapters import prepare_peft_model
 from .augment import build_augmentation
 from .callbacks import ModelCardCallback, RoundLogCallback, call_round_event
-from .checkpointing import deterministic_metrics, saving_state, write_json_atomic
+from .checkpointing import deterministic_metrics, saving_state
 from .compat import guard_hub_kernels, upload_ignoring
 from .config import SemiSupervisedConfig
 from .consistency import CONSISTENCY_KEY, ConsistencyRegularizer
-from .data import (
-    check_dataset_types,
-    is_tokenized,
-    label_names_of,
-    prepare_dataset,
-)
-from .guards import NonFiniteError, check_finite_model, gathered_loss
+from .data import is_tokenized, prepare_dataset
+from .fitting import evaluate_silently, fit_copy, fitted_checkpoint, non_finite_loss_error, round_length
+from .guards import check_finite_model, gathered_loss
 from .hub import hub_unreachable_error, save_with_history_and_card
 from .inputs import (
+    check_self_training_inputs,
     class_names,
     class_prior,
     default_consistency_weight,
+    is_plain_run,
     is_sequence_classifier,
-    load_model,
     prepare_datasets,
     prepare_kwargs,
     prepare_to_label,
     resolve_args,
+    resolve_model,
 )
 from .metrics import compute_classification_metrics, is_offline
 from .model_card import ModelCardFacts, write_model_card
-from .modeling import align_label_names, check_local_path, file_location_kwargs
-from .outputs import HISTORY_NAME, HUB_IGNORE_PATTERNS, TRAINER_STATE_NAME
+from .outputs import HUB_IGNORE_PATTERNS
 from .pseudo_labeling import predict_pool, with_prediction_columns
 from .rounds import RoundLoop
 from .soft_labels import SOFT_TARGET_COLUMNS, pop_soft_targets, soft_label_loss
@@ -137,18 +118,9 @@ class SemiSupervisedTrainer(Trainer):
         args = resolve_args(args, model)
         # A plain run (no rounds, no pool, no consistency loss asked for) takes what `Trainer` takes and does what it
         # does (the README lists the differences); self-training needs labeled `datasets.Dataset`s of a classifier.
-        plain = args.self_training_rounds == 0 and unlabeled_dataset is None and not args.consistency_weight
+        plain = is_plain_run(args, unlabeled_dataset)
         if not plain:
-            if train_dataset is None:
-                raise ValueError("`train_dataset` (the labeled set) is required.")
-            check_dataset_types(
-                train_dataset=train_dataset, eval_dataset=eval_dataset, unlabeled_dataset=unlabeled_dataset
-            )
-            if model is None and model_init is not None:
-                raise ValueError(
-                    "`model_init` makes `Trainer.train` build a new model at each call, and each self-training round is "
-                    "one: pass the model instead (`model=model_init()`)."
-                )
+            check_self_training_inputs(model, model_init, train_dataset, eval_dataset, unlabeled_dataset)
         # Unset, `consistency_weight` is chosen once the model and tokenizer are known (below) and written back, so that
         # the card and history say what ran; a config reused for another trainer chooses again.
         choose_consistency = args.consistency_weight is None or args._consistency_weight_chosen
@@ -156,23 +128,10 @@ class SemiSupervisedTrainer(Trainer):
         if choose_consistency:
             args.consistency_weight = None
 
-        # Processing class
-        if isinstance(model, str):
-            check_local_path(model, "`model`")
-        if processing_class is None and isinstance(model, str):
-            processing_class = AutoTokenizer.from_pretrained(model, **file_location_kwargs(args.model_init_kwargs))
-
-        # Model (with `model_init` alone, `Trainer` builds the model: one built here only shows its config)
-        labeled = isinstance(train_dataset, datasets.Dataset) and args.label_column in train_dataset.column_names
-        label_names = label_names_of(train_dataset, args.label_column) if labeled else None
-        if isinstance(model, str):
-            model = load_model(model, args, train_dataset)
-        if model is None and model_init is None:
-            raise ValueError("`model` is required (a model, or a name or path to load).")
-        shown = model if model is not None else model_init()
+        # Processing class and model (with `model_init` alone, `Trainer` builds the model: one built here only shows
+        # its config, whose label names are aligned with the labeled set's)
+        model, processing_class, shown = resolve_model(model, processing_class, model_init, args, train_dataset)
         model_config = getattr(shown, "config", None)
-        if model_config is not None:
-            align_label_names(model_config, label_names)
 
         # PEFT
         model = prepare_peft_model(model, peft_config) if model is not None else None
@@ -359,26 +318,10 @@ class SemiSupervisedTrainer(Trainer):
         loss = super().training_step(model, inputs, num_items_in_batch)
         value = gathered_loss(loss, self.accelerator)
         if not math.isfinite(value):
-            self._stop_on_non_finite_loss(value)
+            raise non_finite_loss_error(self, value)
         if self.run_state.loss_sum is not None:
             self.run_state.loss_sum += value
         return loss
-
-    def _stop_on_non_finite_loss(self, value: float):
-        step, run = self.state.global_step + 1, self.run_state
-        message = (
-            f"Round {run.round}: the training loss is {value} at step {step} (of {self.state.max_steps}). Training "
-            "stopped before this step's update, so no checkpoint or model holds non-finite weights. Lower "
-            "`learning_rate`, set `max_grad_norm`, or check the inputs of this step."
-        )
-        logger.error(message)
-        run.history.append(
-            {**(run.record or {"round": run.round}), "stopped": "non_finite_loss", "stopped_at_step": step}
-        )
-        if self.args.should_save:
-            write_json_atomic(os.path.join(self.args.output_dir, HISTORY_NAME), run.history)
-        self.round_event("on_rounds_end", run=run)  # the run ends here: the card's facts follow
-        raise NonFiniteError(message)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Only training logs (they carry "loss") fold the metrics in: every process logs those at the same step.
@@ -422,27 +365,11 @@ class SemiSupervisedTrainer(Trainer):
 
     def fit_copy(self, train_set):
         """
-        A copy of the model from its initial weights, trained on `train_set` (tokenized, with `labels`) for round 0's
-        length with its optimizer settings, by a plain `Trainer` that saves, logs and reports nothing (and adds no
-        consistency loss); this trainer's model, optimizer and state are left alone. For teachers that cross-fit on the
-        labeled set (`first_teacher="auto"`). Call it on every process.
+        A copy of the model from its initial weights, trained on `train_set` for round 0's length by a plain `Trainer`
+        that saves, logs and reports nothing (see [`~hf_semisup.fitting.fit_copy`]); this trainer is left alone. For
+        teachers that cross-fit on the labeled set (`first_teacher="auto"`). Call it on every process.
         """
-        model = copy.deepcopy(self.accelerator.unwrap_model(self.model))
-        load_weights(model, self.run_state.weights["initial"])
-        args = copy.copy(self.args)
-        args.max_steps = self.args.round_max_steps(len(train_set), self.accelerator.num_processes, round_=0)
-        args.num_train_epochs = self.args.round_epochs(0)
-        args.save_strategy, args.eval_strategy = SaveStrategy.NO, IntervalStrategy.NO
-        args.logging_strategy, args.report_to, args.disable_tqdm = IntervalStrategy.NO, [], True
-        args.load_best_model_at_end, args.push_to_hub = False, False
-        set_seed(self.args.seed)
-        with tempfile.TemporaryDirectory() as scratch:
-            args.output_dir = scratch
-            trainer = Trainer(model, args, data_collator=self.data_collator, train_dataset=train_set)
-            trainer.remove_callback(PrinterCallback)
-            trainer.remove_callback(ProgressCallback)
-            trainer.train()
-        return trainer.model
+        return fit_copy(self, train_set)
 
     def fit_round(self, round_: int, train_set, checkpoint: str | None, **train_kwargs) -> TrainOutput:
         """
@@ -456,61 +383,23 @@ class SemiSupervisedTrainer(Trainer):
         enable_full_determinism(seed) if self.args.full_determinism else set_seed(seed)
         if self.args.self_training_rounds == 0:
             return self._fit(checkpoint, **train_kwargs)
-        max_steps, epochs = self.args.max_steps, self.args.num_train_epochs
-        world_size = self.accelerator.num_processes
-        self.args.max_steps = self.args.round_max_steps(len(train_set), world_size, round_=round_)
-        self.args.num_train_epochs = self.args.round_epochs(round_)
-        if self.args.max_steps != max_steps:
-            logger.info(
-                f"Round {round_}: {self.args.num_train_epochs:g} epochs of {len(train_set)} examples are fewer than "
-                f"`min_steps_per_round`={self.args.min_steps_per_round} optimizer steps: training "
-                f"{self.args.max_steps} steps."
-            )
-        try:
+        with round_length(self.args, round_, len(train_set), self.accelerator.num_processes):
             return self._fit(checkpoint, **train_kwargs)
-        finally:
-            self.args.max_steps, self.args.num_train_epochs = max_steps, epochs
 
     def _fit(self, checkpoint: str | None, **train_kwargs) -> TrainOutput:
-        output = self._fitted_checkpoint(checkpoint) if checkpoint is not None else None
+        output = fitted_checkpoint(self, checkpoint) if checkpoint is not None else None
         if output is None:
             output = super().train(resume_from_checkpoint=checkpoint, **train_kwargs)
         check_finite_model(self.model, f"Round {self.current_round}, end of training")
         return output
-
-    def _fitted_checkpoint(self, checkpoint: str) -> TrainOutput | None:
-        """
-        The round's fit, when `checkpoint` is its last step (the run stopped after it, in the round's evaluation or
-        save): `Trainer.train` resumed there would train a step more unless the step ends an epoch. `None` otherwise.
-        """
-        saved = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
-        if self.run_state.loss_sum is None or saved.max_steps <= 0 or saved.global_step < saved.max_steps:
-            return None
-        self._load_from_checkpoint(checkpoint)
-        self.state = saved
-        loss = self.run_state.loss_sum / max(saved.global_step, 1)
-        return TrainOutput(saved.global_step, loss, {"train_loss": loss, "epoch": saved.epoch})
 
     def evaluate_round(self, ignore_keys=None) -> dict:
         if self.eval_dataset is None:
             return {}
         if self.args.self_training_rounds > 0:
             return deterministic_metrics(self.evaluate(ignore_keys=ignore_keys))
-        # Plain fine-tuning logs what `Trainer` logs: the history's metrics come from an evaluation that no log entry
-        # or callback sees.
-        sets = self.eval_dataset if isinstance(self.eval_dataset, dict) else {None: self.eval_dataset}
-        metrics = {}
-        for name, dataset in sets.items():
-            output = self.evaluation_loop(
-                self.get_eval_dataloader(dataset),
-                description="Evaluation",
-                prediction_loss_only=True if self.compute_metrics is None else None,
-                ignore_keys=ignore_keys,
-                metric_key_prefix="eval" if name is None else f"eval_{name}",
-            )
-            metrics.update(output.metrics)
-        metrics["epoch"] = self.state.epoch
-        return deterministic_metrics(metrics)
+        # Plain fine-tuning logs what `Trainer` logs: the history's metrics come from an evaluation no callback sees.
+        return deterministic_metrics(evaluate_silently(self, ignore_keys))
 
     def copy_weights(self) -> dict[str, torch.Tensor]:
         return copy_weights(self.model)

