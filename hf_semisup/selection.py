@@ -331,7 +331,9 @@ def estimate_class_prior(probabilities: np.ndarray, train_prior) -> np.ndarray:
     (`train_prior`, the labeled set's). Under shares `pi` they become `p(c | x) * pi[c] / train_prior[c]`,
     renormalized; the estimate is the fixed point `pi[c] = mean over rows of those adjusted posteriors`, reached from
     `train_prior`. A pool with the labeled shares gives them back (up to the teacher's errors); a class the labeled
-    set lacks stays at 0. Deterministic: a pure function of its inputs.
+    set lacks stays at 0, and so does one estimated at less than half a row of the pool (EM drives the share of a class
+    the teacher seldom predicts toward 0 without reaching it: left at 1e-70, it would ask the quotas for a class the
+    teacher never predicts, and so keep nothing). Deterministic: a pure function of its inputs.
     """
     probabilities = np.asarray(probabilities)
     train_prior = _normalized(train_prior)
@@ -352,7 +354,8 @@ def estimate_class_prior(probabilities: np.ndarray, train_prior) -> np.ndarray:
         prior = updated
         if converged:
             break
-    return prior
+    prior = np.where(prior * len(probabilities) < 0.5, 0.0, prior)
+    return prior / prior.sum() if prior.sum() > 0 else train_prior
 
 
 def _normalized(class_prior) -> np.ndarray:

@@ -10,7 +10,7 @@ from test_round_loop import Host, StubTeacher, config
 from hf_semisup.callbacks import round_logs
 from hf_semisup.pseudo_labeling import PseudoLabels
 from hf_semisup.rounds import RoundLoop
-from hf_semisup.selection import estimate_class_prior
+from hf_semisup.selection import estimate_class_prior, select_top_k
 from hf_semisup.state import RunState
 
 
@@ -43,6 +43,23 @@ def test_a_class_the_labeled_set_lacks_stays_out_and_an_empty_pass_keeps_the_lab
     estimate = estimate_class_prior(probabilities, [2, 0, 2])
     assert estimate[1] == 0.0 and estimate.sum() == pytest.approx(1.0)
     assert estimate_class_prior(np.zeros((0, 3)), [1, 1, 2]) == pytest.approx([0.25, 0.25, 0.5])
+
+
+def test_a_class_estimated_at_under_half_a_pool_row_is_out_and_does_not_empty_the_round():
+    # Seen on Reuters (7 topics, earn 74%): EM left three classes the teacher never predicted at 1e-84 .. 1e-43 of
+    # the pool, and the quotas, asking every class with a share for rows, kept nothing in round 2.
+    rng = np.random.default_rng(0)
+    rows = 400
+    labels = (np.arange(rows) % 4 == 3).astype(np.int64)  # classes 0 and 1 only; class 2 is never the top class
+    probabilities = np.full((rows, 3), 1e-4)
+    probabilities[np.arange(rows), labels] = 1.0
+    probabilities[:, 2] = rng.uniform(0.0, 1e-3, rows)
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    estimate = estimate_class_prior(probabilities, [1, 1, 1])
+    assert estimate[2] == 0.0 and estimate.sum() == pytest.approx(1.0)
+    assert estimate[:2] == pytest.approx([0.75, 0.25], abs=0.01)
+    kept = select_top_k(labels, probabilities.max(axis=1), fraction=0.5, round_=1, class_prior=estimate)
+    assert len(kept) == 200 and np.bincount(labels[kept], minlength=3).tolist() == [150, 50, 0]
 
 
 POOL = 40
