@@ -305,7 +305,7 @@ def _first_teacher_choice(history: list[dict]) -> dict | None:
     evidence = record.get("first_teacher_evidence", {})
     return {
         "choice": record["first_teacher_choice"],
-        "accuracies": {name: _format(scores.get("pool_accuracy")) for name, scores in evidence.items()},
+        "accuracies": {name: _format(scores.get("accuracy")) for name, scores in evidence.items()},
         "stopped": record.get("stopped") is not None,
     }
 

@@ -24,24 +24,13 @@ def test_folds_split_every_class_evenly_and_cover_the_set_once():
     assert not all(np.array_equal(a, b) for a, b in zip(folds, stratified_folds(labels, 2, seed=4)))
 
 
-def test_held_out_scores_weigh_each_class_by_its_share_of_the_pool():
-    probabilities = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.2, 0.8]])
-    labels = np.array([0, 1, 0, 1])
-    # Balanced labels, no pool prior given: the labeled shares weigh the classes, as plain accuracy does.
-    assert held_out_scores(probabilities, labels) == pytest.approx(
-        {"accuracy": 0.75, "pool_accuracy": 0.75, "true_class_probability": (0.9 + 0.6 + 0.3 + 0.8) / 4}
+def test_the_best_held_out_candidate_wins_ties_going_by_true_class_probability_then_order():
+    probabilities = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7]])
+    assert held_out_scores(probabilities, np.array([0, 1, 0])) == pytest.approx(
+        {"accuracy": 2 / 3, "true_class_probability": (0.9 + 0.6 + 0.3) / 3}
     )
-    # A pool that is 90% class 0: class 0's recall (1/2) counts nine times class 1's (2/2).
-    skewed = held_out_scores(probabilities, labels, pool_prior=[0.9, 0.1])
-    assert skewed["accuracy"] == 0.75 and skewed["pool_accuracy"] == pytest.approx(0.9 * 0.5 + 0.1 * 1.0)
-    assert skewed["true_class_probability"] == pytest.approx(0.9 * (0.9 + 0.3) / 2 + 0.1 * (0.6 + 0.8) / 2)
-
-
-def test_the_best_candidate_for_the_pool_wins_ties_going_by_true_class_probability_then_order():
-    score = {"accuracy": 0.5, "pool_accuracy": 0.75, "true_class_probability": 0.6}
-    assert choose({"embeddings": score, "model": {**score, "pool_accuracy": 0.8}, "combination": score}) == "model"
-    # Plain accuracy does not decide: the pool-weighted one does.
-    assert choose({"embeddings": {**score, "accuracy": 0.9}, "model": {**score, "pool_accuracy": 0.76}}) == "model"
+    score = {"accuracy": 0.75, "true_class_probability": 0.6}
+    assert choose({"embeddings": score, "model": {**score, "accuracy": 0.8}, "combination": score}) == "model"
     assert choose({"embeddings": score, "model": score, "combination": {**score, "true_class_probability": 0.7}}) == (
         "combination"
     )
@@ -122,11 +111,8 @@ def test_auto_records_the_evidence_and_what_it_chose(tmp_path, tokenizer):
     evidence = record["first_teacher_evidence"]
     assert sorted(evidence) == sorted(CANDIDATES)
     for scores in evidence.values():
-        assert 0 <= scores["accuracy"] <= 1 and 0 <= scores["pool_accuracy"] <= 1
-        assert 0 < scores["true_class_probability"] < 1
+        assert 0 <= scores["accuracy"] <= 1 and 0 < scores["true_class_probability"] < 1
     assert record["first_teacher_choice"] == choose(evidence)
-    prior = record["first_teacher_pool_prior"]
-    assert list(prior) == ["negative", "positive"] and sum(prior.values()) == pytest.approx(1.0)
     assert (record.get("stopped") == "first_teacher_evidence") == (record["first_teacher_choice"] == "model")
     # The fold models were copies: the trainer's model trained in its rounds only, from its own initial weights.
     assert any(not np.array_equal(v.numpy(), initial[k].numpy()) for k, v in trainer.model.state_dict().items())
