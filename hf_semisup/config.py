@@ -99,7 +99,13 @@ class SemiSupervisedConfig(TrainingArguments):
             estimated each round from the teacher's probabilities by EM (Saerens et al., 2002; see
             `selection.estimate_class_prior`), starting from the labeled shares, and recorded in the history as
             `pool_class_prior`. Few-shot labeled sets are balanced by construction (k per class) where pools seldom
-            are: `"pool"` lets the quotas follow the pool. The pass then keeps every class's probability.
+            are: `"pool"` lets the quotas follow the pool. The pass then keeps every class's probability. Not the
+            default: the estimate is only as good as the teacher's calibration, and it feeds on itself. On Reuters
+            (7 topics, `earn` 74% of the pool; 8 per class, seed 0; round 1 labeled by the prototypes) round 1's
+            estimate was close (`earn` 0.78) and its 1,509 pseudo-labels 99.7% right, but from the student trained
+            on them, round 2's estimate left 4 of the 7 topics under half a row of the pool, round 2 kept none of
+            them, and the run ended at 0.806 test accuracy and 0.302 macro-F1; the defaults, with the labeled
+            shares, end at 0.905 and 0.773.
         max_pseudo_labels (`int` or `None`, *optional*, defaults to `None`):
             Most pseudo-labels accepted per round (the most confident). `None`: no cap.
         selection_strategy (`str`, *optional*, defaults to `"topk"`):
