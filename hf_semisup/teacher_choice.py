@@ -13,8 +13,8 @@ the round-0 model and stops ([`STOP`]).
 
 The held-out accuracy is the labeled set's own, not reweighted to the pool's class shares. Weighting each class's recall
 by the shares that EM (`selection.estimate_class_prior`) reads from the round-0 model's pass over the pool was tried
-and measured worse (`benchmarks/label_efficiency.py --budgets 8 --seeds 0 --pool-size 4000 --systems auto-teacher`):
-a model fine-tuned on a few labels is overconfident, its estimate leans on one or two classes, and the weighted
+and measured worse (`benchmarks/label_efficiency.py --data <trec or reuters> --budgets 8 --seeds 0 --pool-size 4000
+--systems auto-teacher`): a model fine-tuned on a few labels is overconfident, its estimate leans on one or two classes, and the weighted
 evidence then scores those classes only. On TREC it chose the round-0 model (0.458 test accuracy, against 0.572 for
 the combination the unweighted evidence chooses); on Reuters it tied the prototypes and the combination at 1.0.
 
@@ -123,7 +123,7 @@ class CrossFitTeacher:
         num_labels = context.model.config.num_labels
         full = dataclasses.replace(context, top_k=num_labels)
         prototypes = PrototypeTeacher().label(full).probabilities(num_labels)
-        model = context.predict(context.model, num_labels).probabilities(num_labels)
+        model = context.predict(context.model, num_labels, "round-0 model").probabilities(num_labels)
         mean = (prototypes + model) / 2
         labels = mean.argmax(axis=1)
         return PseudoLabels.from_probabilities(labels, mean[np.arange(len(mean)), labels].astype(np.float32), mean)
